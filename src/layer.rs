@@ -1,0 +1,283 @@
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower_layer::Layer;
+
+use crate::metrics::Metrics;
+use crate::oauth::path;
+use crate::service::Pkce;
+use crate::store::{ChallengeStore, DynStore, MemoryStore};
+
+/// Whether the layer refuses what breaks the policy, or only reports it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Mode {
+    /// Refuse (the default).
+    #[default]
+    Enforce,
+    /// Forward what `Enforce` would refuse, and log and count it
+    /// ([`Outcome::Reported`](crate::Outcome::Reported)), so an operator can see what
+    /// enforcement would break before turning it on over a live server.
+    ///
+    /// Store failures are forwarded too in this mode. Flows that pass are still correlated
+    /// and verified exactly as under `Enforce`.
+    Report,
+}
+
+/// Default lifetime of a pending authorization (the user's time to sign in).
+pub const DEFAULT_PENDING_TTL: Duration = Duration::from_secs(600);
+/// Default lifetime of a code binding; keep it at least the upstream's code lifetime.
+pub const DEFAULT_CODE_TTL: Duration = Duration::from_secs(600);
+/// Default number of refused token requests after which a code is burned.
+pub const DEFAULT_MAX_FAILED_ATTEMPTS: u32 = 5;
+/// Default limit on the request bodies the layer reads (authorize POST and token requests).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
+
+#[derive(Clone)]
+pub(crate) struct Config {
+    pub(crate) authorize_path: String,
+    pub(crate) token_path: String,
+    pub(crate) exempt: HashSet<Box<str>>,
+    pub(crate) allow_plain: bool,
+    pub(crate) mode: Mode,
+    pub(crate) pending_ttl: Duration,
+    pub(crate) code_ttl: Duration,
+    pub(crate) max_failed_attempts: u32,
+    pub(crate) max_body_bytes: usize,
+    pub(crate) redirect_uris: HashMap<Box<str>, Vec<Box<str>>>,
+}
+
+impl Config {
+    pub(crate) fn is_exempt(&self, client_id: &str) -> bool {
+        self.exempt.contains(client_id)
+    }
+
+    /// The methods advertised in discovery documents.
+    pub(crate) fn methods(&self) -> &'static [&'static str] {
+        if self.allow_plain {
+            &["S256", "plain"]
+        } else {
+            &["S256"]
+        }
+    }
+}
+
+/// What every clone of a layer, and every service made from it, shares.
+#[derive(Clone)]
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) store: Arc<dyn DynStore>,
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+/// A tower [`Layer`] that adds PKCE (RFC 7636) to the authorization server it wraps.
+///
+/// Built by value from strict defaults: S256 only, PKCE required for every client, enforce
+/// mode, 10-minute lifetimes, 5 failed attempts, 64 KiB bodies, and a fresh
+/// [`MemoryStore`] of [`DEFAULT_CAPACITY`](crate::store::DEFAULT_CAPACITY) entries.
+///
+/// **Every clone of a layer, and every service it makes, shares one store**, so the layer
+/// can be applied per route (as `axum::Router::layer` does) without splitting authorize and
+/// token apart.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_pkce::{Mode, PkceLayer};
+///
+/// let layer = PkceLayer::new()
+///     .authorize_path("/oauth2/authorize")
+///     .token_path("/oauth2/token")
+///     .exempt_client("backend-service")
+///     .pending_ttl(Duration::from_secs(300))
+///     .mode(Mode::Enforce);
+/// # let _ = layer;
+/// ```
+#[derive(Clone)]
+#[must_use]
+pub struct PkceLayer {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl Default for PkceLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PkceLayer {
+    /// Strict defaults and a fresh in-memory store.
+    pub fn new() -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                config: Config {
+                    authorize_path: "/authorize".into(),
+                    token_path: "/token".into(),
+                    exempt: HashSet::new(),
+                    allow_plain: false,
+                    mode: Mode::Enforce,
+                    pending_ttl: DEFAULT_PENDING_TTL,
+                    code_ttl: DEFAULT_CODE_TTL,
+                    max_failed_attempts: DEFAULT_MAX_FAILED_ATTEMPTS,
+                    max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+                    redirect_uris: HashMap::new(),
+                },
+                store: Arc::new(MemoryStore::new()),
+                metrics: Arc::new(Metrics::default()),
+            }),
+        }
+    }
+
+    fn config(mut self, change: impl FnOnce(&mut Config)) -> Self {
+        change(&mut Arc::make_mut(&mut self.shared).config);
+        self
+    }
+
+    /// The path of the authorization endpoint (default `/authorize`). Requests match it after
+    /// normalization: case, repeated and trailing slashes, percent-encoding, dot segments and
+    /// `;` parameters do not matter, as they do not to many routers.
+    pub fn authorize_path(self, path: impl AsRef<str>) -> Self {
+        let path = path::normalize(path.as_ref());
+        self.config(|c| c.authorize_path = path)
+    }
+
+    /// The path of the token endpoint (default `/token`), matched like
+    /// [`authorize_path`](Self::authorize_path).
+    pub fn token_path(self, path: impl AsRef<str>) -> Self {
+        let path = path::normalize(path.as_ref());
+        self.config(|c| c.token_path = path)
+    }
+
+    /// Lets a (confidential) client use the authorization code flow without PKCE. Its flows
+    /// without a challenge are recorded as unbound, so a verifier sent for one of its codes is
+    /// still refused (the PKCE downgrade attack), and its codes stay single-use and bound to
+    /// it. Repeatable.
+    pub fn exempt_client(self, client_id: impl Into<String>) -> Self {
+        let id = client_id.into().into_boxed_str();
+        self.config(|c| {
+            c.exempt.insert(id);
+        })
+    }
+
+    /// Accepts `plain` challenges (default: no, S256 only). A challenge sent without a method
+    /// is plain (RFC 7636 §4.3), so it is refused unless this is on.
+    pub fn allow_plain(self, allow: bool) -> Self {
+        self.config(|c| c.allow_plain = allow)
+    }
+
+    /// Enforce (the default) or only report.
+    pub fn mode(self, mode: Mode) -> Self {
+        self.config(|c| c.mode = mode)
+    }
+
+    /// How long an authorization may wait for its code (default 10 minutes).
+    pub fn pending_ttl(self, ttl: Duration) -> Self {
+        self.config(|c| c.pending_ttl = ttl)
+    }
+
+    /// How long a code stays bound, and a redeemed code stays refused (default 10 minutes).
+    /// Keep it at least as long as the upstream's code lifetime.
+    pub fn code_ttl(self, ttl: Duration) -> Self {
+        self.config(|c| c.code_ttl = ttl)
+    }
+
+    /// Refused token requests after which a bound code is burned (default 5; at least 1).
+    pub fn max_failed_attempts(self, attempts: u32) -> Self {
+        self.config(|c| c.max_failed_attempts = attempts.max(1))
+    }
+
+    /// The largest request body the layer reads (default 64 KiB); larger ones get 413.
+    pub fn max_body_bytes(self, limit: usize) -> Self {
+        self.config(|c| c.max_body_bytes = limit)
+    }
+
+    /// The redirect URIs registered for a client. Authorization errors for that client are
+    /// then redirected to its `redirect_uri` (with its exact `state`) when that URI is one of
+    /// these; otherwise, and for every other client, the layer answers with its own 400 page,
+    /// never redirecting to an unverified URI.
+    pub fn client_redirect_uris<I, U>(self, client_id: impl Into<String>, uris: I) -> Self
+    where
+        I: IntoIterator<Item = U>,
+        U: Into<String>,
+    {
+        let id = client_id.into().into_boxed_str();
+        let uris: Vec<Box<str>> = uris
+            .into_iter()
+            .map(|u| u.into().into_boxed_str())
+            .collect();
+        self.config(|c| {
+            c.redirect_uris.insert(id, uris);
+        })
+    }
+
+    /// Uses `store` instead of the default [`MemoryStore`]. Clones of this layer made before
+    /// the call keep the old store.
+    pub fn with_store(mut self, store: impl ChallengeStore) -> Self {
+        Arc::make_mut(&mut self.shared).store = Arc::new(store);
+        self
+    }
+
+    /// The decision counters, shared by every clone of this layer.
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+}
+
+impl<S> Layer<S> for PkceLayer {
+    type Service = Pkce<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Pkce::new(inner, self.clone())
+    }
+}
+
+impl fmt::Debug for PkceLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &self.shared.config;
+        f.debug_struct("PkceLayer")
+            .field("authorize_path", &c.authorize_path)
+            .field("token_path", &c.token_path)
+            .field("exempt", &c.exempt)
+            .field("allow_plain", &c.allow_plain)
+            .field("mode", &c.mode)
+            .field("pending_ttl", &c.pending_ttl)
+            .field("code_ttl", &c.code_ttl)
+            .field("max_failed_attempts", &c.max_failed_attempts)
+            .field("max_body_bytes", &c.max_body_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clones_share_the_store_and_metrics() {
+        let a = PkceLayer::new();
+        let b = a.clone().exempt_client("x");
+        assert!(Arc::ptr_eq(&a.shared.store, &b.shared.store));
+        assert!(Arc::ptr_eq(&a.shared.metrics, &b.shared.metrics));
+        assert!(!a.shared.config.is_exempt("x"));
+        assert!(b.shared.config.is_exempt("x"));
+    }
+
+    #[test]
+    fn paths_are_normalized_and_attempts_at_least_one() {
+        let layer = PkceLayer::new()
+            .authorize_path("/OAuth2/Authorize/")
+            .max_failed_attempts(0);
+        assert_eq!(layer.shared.config.authorize_path, "/oauth2/authorize");
+        assert_eq!(layer.shared.config.max_failed_attempts, 1);
+    }
+
+    #[test]
+    fn advertised_methods() {
+        assert_eq!(PkceLayer::new().shared.config.methods(), ["S256"]);
+        assert_eq!(
+            PkceLayer::new().allow_plain(true).shared.config.methods(),
+            ["S256", "plain"]
+        );
+    }
+}

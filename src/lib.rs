@@ -1,0 +1,96 @@
+//! # tower-pkce
+//!
+//! PKCE ([RFC 7636](https://www.rfc-editor.org/rfc/rfc7636)) for OAuth 2.0 authorization
+//! servers that lack it, as a tower [`Layer`](tower_layer::Layer).
+//!
+//! Without PKCE, an authorization code intercepted on its way back to a mobile app, a
+//! single-page app or a CLI can be redeemed by whoever intercepted it. OAuth 2.1 and
+//! [RFC 9700](https://www.rfc-editor.org/rfc/rfc9700) require PKCE. [`PkceLayer`] wraps the
+//! service that is (or forwards to) a legacy authorization server and makes the two behave as
+//! one server that supports PKCE correctly:
+//!
+//! 1. **Authorize.** It validates `code_challenge` (S256 only by default; PKCE required),
+//!    records it under a random handle it puts in place of the client's `state`, and forwards.
+//!    Invalid requests never reach the server.
+//! 2. **Redirect.** When any response redirects with `code` (or `error`) and one of its
+//!    handles as `state`, it binds the code to the recorded challenge and client and puts the
+//!    client's own `state` back (or removes it if the client sent none).
+//! 3. **Token.** For `grant_type=authorization_code` it checks `code_verifier` against the
+//!    bound challenge in constant time, checks the client, and marks the code redeemed,
+//!    atomically, before forwarding. Everything else passes through untouched.
+//!
+//! Discovery documents gain `code_challenge_methods_supported`.
+//!
+//! ```
+//! use axum::{routing::get, Router};
+//! use tower_pkce::PkceLayer;
+//!
+//! # async fn authorize() {}
+//! # async fn token() {}
+//! let legacy_server: Router = Router::new()
+//!     .route("/authorize", get(authorize))
+//!     .route("/token", axum::routing::post(token));
+//! let app = legacy_server.layer(PkceLayer::new());
+//! # let _ = app;
+//! ```
+//!
+//! # The token decision table
+//!
+//! | code is   | with `code_verifier`                           | without                     |
+//! |-----------|------------------------------------------------|-----------------------------|
+//! | bound     | verify: match → forward, else `invalid_grant`  | `invalid_grant`             |
+//! | unbound   | `invalid_grant` (PKCE downgrade)               | forward                     |
+//! | redeemed  | `invalid_grant` (code reuse)                   | `invalid_grant`             |
+//! | unknown   | `invalid_grant` (fail closed)                  | forward only for an exempt client |
+//!
+//! A refused attempt on a bound code counts; after
+//! [`max_failed_attempts`](PkceLayer::max_failed_attempts) the code is burned. The client
+//! redeeming must be the client the code was issued to. A code whose redemption the upstream
+//! answers with anything but 2xx goes back to bound.
+//!
+//! # Security
+//!
+//! - The layer keys pending flows on a handle it mints (128 random bits), never on the
+//!   client's `state`, so nobody can rebind another user's code by reusing their state.
+//! - Ambiguous input is refused: repeated parameters (a `[]` suffix counts as the bare name,
+//!   names compare without case), parameters in both query and body, OAuth parameters in the
+//!   token request's query string, bodies that do not parse. Endpoint paths match after
+//!   normalization, so `/Token`, `/token/`, `//token` and `/%74oken` are the token endpoint.
+//! - Store failures fail closed with `503 temporarily_unavailable`.
+//! - Codes, verifiers, secrets and tokens are never logged; store keys are SHA-256 digests.
+//! - The layer cannot revoke tokens the upstream issued for a code that is later replayed
+//!   (RFC 6749 §4.1.2 says the server SHOULD); it refuses the replay.
+//! - `response_mode=form_post` responses (a 200 HTML page) are not yet rewritten: their codes
+//!   stay unknown to the layer, so they fail closed at the token endpoint.
+//!
+//! # Observability
+//!
+//! One `tracing` event per decision (target `tower_pkce`), with `endpoint`, `client_id`,
+//! `outcome`, `reason` and at most an 8-hex-digit fingerprint of a code's hash; counters in
+//! [`PkceLayer::metrics`]. Refusals carry their [`Reason`] in the response extensions.
+
+#![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+mod body;
+pub mod future;
+mod layer;
+mod metrics;
+mod oauth;
+mod pkce;
+mod service;
+pub mod store;
+
+pub use body::PkceBody;
+pub use layer::{
+    Mode, PkceLayer, DEFAULT_CODE_TTL, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_FAILED_ATTEMPTS,
+    DEFAULT_PENDING_TTL,
+};
+pub use metrics::{Metrics, Outcome};
+pub use oauth::error::Reason;
+pub use pkce::{ChallengeMethod, CodeChallenge, CodeVerifier, PkceError};
+pub use service::Pkce;
+pub use store::{ChallengeStore, MemoryStore, StoreError};
+
+/// The error type the layer's bounds are written with.
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -1,0 +1,335 @@
+//! Authorization requests (RFC 6749 §4.1.1, RFC 7636 §4.3): reading the parameters the layer
+//! acts on, and the PKCE policy.
+
+use std::ops::Range;
+
+use super::error::Reason;
+use super::params::{self, Param};
+use crate::pkce::{ChallengeMethod, CodeChallenge};
+
+/// Which part of the request a parameter came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Part {
+    Query,
+    Body,
+}
+
+/// The parameters of an authorization request that the layer reads.
+#[derive(Debug, Default)]
+pub(crate) struct AuthorizeParams {
+    /// `response_type` contains `code` (compared without regard to case, so a lenient
+    /// upstream cannot see a code flow the layer did not).
+    pub(crate) wants_code: bool,
+    /// `response_type` has more than `code` (a hybrid flow), so responses default to the
+    /// fragment.
+    pub(crate) hybrid: bool,
+    pub(crate) client_id: Option<String>,
+    pub(crate) redirect_uri: Option<String>,
+    pub(crate) state: Option<String>,
+    /// Where the `state` pair is, to replace it.
+    pub(crate) state_at: Option<(Part, Range<usize>)>,
+    pub(crate) challenge: Option<String>,
+    pub(crate) method: Option<String>,
+    pub(crate) response_mode: Option<String>,
+    /// `request` or `request_uri` is present.
+    pub(crate) request_object: bool,
+}
+
+fn utf8(value: Option<&[u8]>) -> Result<Option<String>, Reason> {
+    value
+        .map(|v| {
+            std::str::from_utf8(v)
+                .map(str::to_owned)
+                .map_err(|_| Reason::MalformedParameter)
+        })
+        .transpose()
+}
+
+/// Reads an authorization request from its query and, for a POST, its form body.
+///
+/// Refuses a repeated parameter and a parameter in both places (RFC 6749 §3.1), whatever its
+/// name, before anything else: a lenient upstream could read either copy.
+pub(crate) fn parse(query: &[u8], body: Option<&[u8]>) -> Result<AuthorizeParams, Reason> {
+    let query_params = params::parse(query);
+    let body_params = body.map(params::parse).unwrap_or_default();
+    if params::first_duplicate(&query_params).is_some()
+        || params::first_duplicate(&body_params).is_some()
+    {
+        return Err(Reason::DuplicateParameter);
+    }
+    if params::first_shared(&query_params, &body_params).is_some() {
+        return Err(Reason::ParameterInQueryAndBody);
+    }
+    let lookup = |name: &str| -> Option<(Part, &Param<'_>)> {
+        params::find(&query_params, name)
+            .map(|p| (Part::Query, p))
+            .or_else(|| params::find(&body_params, name).map(|p| (Part::Body, p)))
+    };
+    let value = |name: &str| -> Option<&[u8]> {
+        lookup(name)
+            .map(|(_, p)| p.value.as_ref())
+            .filter(|v| !v.is_empty())
+    };
+
+    let response_type = utf8(value("response_type"))?.unwrap_or_default();
+    let tokens: Vec<&str> = response_type.split(' ').filter(|t| !t.is_empty()).collect();
+    let wants_code = tokens.iter().any(|t| t.eq_ignore_ascii_case("code"));
+    let state_param = lookup("state").filter(|(_, p)| !p.value.is_empty());
+    Ok(AuthorizeParams {
+        wants_code,
+        hybrid: wants_code && tokens.len() > 1,
+        client_id: utf8(value("client_id"))?,
+        redirect_uri: utf8(value("redirect_uri"))?,
+        state: utf8(state_param.map(|(_, p)| p.value.as_ref()))?,
+        state_at: state_param.map(|(part, p)| (part, p.span.clone())),
+        challenge: utf8(value("code_challenge"))?,
+        method: utf8(value("code_challenge_method"))?,
+        response_mode: utf8(value("response_mode"))?,
+        request_object: value("request").is_some() || value("request_uri").is_some(),
+    })
+}
+
+/// Applies the PKCE policy: `Ok(Some(challenge))` for a valid challenge, `Ok(None)` for an
+/// exempt client without one.
+///
+/// A challenge without a method is `plain` (RFC 7636 §4.3), never taken as S256.
+pub(crate) fn check_pkce(
+    params: &AuthorizeParams,
+    allow_plain: bool,
+    exempt: bool,
+) -> Result<Option<CodeChallenge>, Reason> {
+    let method = match params.method.as_deref() {
+        Some(m) => ChallengeMethod::parse(m).map_err(|_| Reason::UnsupportedMethod)?,
+        None => ChallengeMethod::Plain,
+    };
+    let Some(challenge) = params.challenge.as_deref() else {
+        return match (params.method.is_some(), exempt) {
+            (true, _) => Err(Reason::MethodWithoutChallenge),
+            (false, true) => Ok(None),
+            (false, false) => Err(Reason::ChallengeRequired),
+        };
+    };
+    if method == ChallengeMethod::Plain && !allow_plain {
+        return Err(Reason::UnsupportedMethod);
+    }
+    CodeChallenge::parse(challenge, method)
+        .map(Some)
+        .map_err(|_| Reason::MalformedChallenge)
+}
+
+/// Where an error redirect for this request goes: the fragment for `response_mode=fragment`
+/// and for hybrid response types without a mode; `None` for `form_post` (which needs a page,
+/// not a redirect).
+pub(crate) fn error_in_fragment(params: &AuthorizeParams) -> Option<bool> {
+    match params.response_mode.as_deref() {
+        Some("fragment") => Some(true),
+        Some("query") => Some(false),
+        Some(_) => None,
+        None => Some(params.hybrid),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const C: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+
+    fn parse_q(query: &str) -> Result<AuthorizeParams, Reason> {
+        parse(query.as_bytes(), None)
+    }
+
+    #[test]
+    fn reads_parameters() {
+        let p = parse_q(&format!(
+            "response_type=code&client_id=app&redirect_uri=https%3A%2F%2Fa.example%2Fcb&state=a+b%26c&code_challenge={C}&code_challenge_method=S256"
+        ))
+        .unwrap();
+        assert!(p.wants_code);
+        assert!(!p.hybrid);
+        assert_eq!(p.client_id.as_deref(), Some("app"));
+        assert_eq!(p.redirect_uri.as_deref(), Some("https://a.example/cb"));
+        assert_eq!(p.state.as_deref(), Some("a b&c"));
+        assert_eq!(p.challenge.as_deref(), Some(C));
+        assert_eq!(p.method.as_deref(), Some("S256"));
+        assert!(!p.request_object);
+    }
+
+    #[test]
+    fn response_types() {
+        let cases = [
+            ("response_type=code", true, false),
+            ("response_type=CODE", true, false),
+            ("response_type=code+id_token", true, true),
+            ("response_type=id_token%20code", true, true),
+            ("response_type=token", false, false),
+            ("response_type=id_token+token", false, false),
+            ("response_type=", false, false),
+            ("", false, false),
+            ("response_type=codes", false, false),
+        ];
+        for (query, wants, hybrid) in cases {
+            let p = parse_q(query).unwrap();
+            assert_eq!((p.wants_code, p.hybrid), (wants, hybrid), "{query:?}");
+        }
+    }
+
+    #[test]
+    fn refuses_ambiguous_requests() {
+        let cases: &[(&str, Option<&str>, Reason)] = &[
+            ("state=a&state=b", None, Reason::DuplicateParameter),
+            ("scope=a&scope=b", None, Reason::DuplicateParameter),
+            (
+                "response_type=token&response_type=code",
+                None,
+                Reason::DuplicateParameter,
+            ),
+            (
+                "client_id=a&client_id[]=b",
+                None,
+                Reason::DuplicateParameter,
+            ),
+            (
+                "client_id=a",
+                Some("client_id=b"),
+                Reason::ParameterInQueryAndBody,
+            ),
+            (
+                "client_id=a",
+                Some("CLIENT_ID[]=a"),
+                Reason::ParameterInQueryAndBody,
+            ),
+            ("x=1", Some("state=1&state=2"), Reason::DuplicateParameter),
+            ("state=%FF", None, Reason::MalformedParameter),
+            ("code_challenge=%C3%28", None, Reason::MalformedParameter),
+        ];
+        for (query, body, expected) in cases {
+            let got = parse(query.as_bytes(), body.map(str::as_bytes)).map(|_| ());
+            assert_eq!(got, Err(*expected), "query {query:?} body {body:?}");
+        }
+    }
+
+    #[test]
+    fn finds_state_in_query_or_body() {
+        let p = parse(b"response_type=code", Some(b"client_id=a&state=xyz")).unwrap();
+        assert_eq!(p.state_at, Some((Part::Body, 12..21)));
+        let p = parse(b"state=xyz&response_type=code", Some(b"client_id=a")).unwrap();
+        assert_eq!(p.state_at, Some((Part::Query, 0..9)));
+        let p = parse(b"state=&response_type=code", None).unwrap();
+        assert_eq!(
+            (p.state, p.state_at),
+            (None, None),
+            "empty state is no state"
+        );
+    }
+
+    #[test]
+    fn pkce_policy() {
+        use Reason::*;
+        let plain = "a".repeat(43);
+        // (challenge, method, allow_plain, exempt, expected: Ok(Some(method)) / Ok(None) / Err)
+        let cases: Vec<(
+            Option<&str>,
+            Option<&str>,
+            bool,
+            bool,
+            Result<Option<ChallengeMethod>, Reason>,
+        )> = vec![
+            (
+                Some(C),
+                Some("S256"),
+                false,
+                false,
+                Ok(Some(ChallengeMethod::S256)),
+            ),
+            (
+                Some(C),
+                Some("S256"),
+                false,
+                true,
+                Ok(Some(ChallengeMethod::S256)),
+            ),
+            (Some(C), None, false, false, Err(UnsupportedMethod)),
+            (Some(C), None, true, false, Ok(Some(ChallengeMethod::Plain))),
+            (
+                Some(&plain),
+                Some("plain"),
+                false,
+                false,
+                Err(UnsupportedMethod),
+            ),
+            (
+                Some(&plain),
+                Some("plain"),
+                true,
+                false,
+                Ok(Some(ChallengeMethod::Plain)),
+            ),
+            (Some(C), Some("s256"), false, false, Err(UnsupportedMethod)),
+            (Some(C), Some("S512"), true, false, Err(UnsupportedMethod)),
+            (
+                Some("short"),
+                Some("S256"),
+                false,
+                false,
+                Err(MalformedChallenge),
+            ),
+            (
+                Some(&plain),
+                Some("S256"),
+                false,
+                false,
+                Err(MalformedChallenge),
+            ),
+            (
+                Some("a+b"),
+                Some("plain"),
+                true,
+                false,
+                Err(MalformedChallenge),
+            ),
+            (
+                None,
+                Some("S256"),
+                false,
+                false,
+                Err(MethodWithoutChallenge),
+            ),
+            (None, Some("S256"), false, true, Err(MethodWithoutChallenge)),
+            (None, None, false, false, Err(ChallengeRequired)),
+            (None, None, true, false, Err(ChallengeRequired)),
+            (None, None, false, true, Ok(None)),
+        ];
+        for (challenge, method, allow_plain, exempt, expected) in cases {
+            let params = AuthorizeParams {
+                challenge: challenge.map(str::to_owned),
+                method: method.map(str::to_owned),
+                ..Default::default()
+            };
+            let got = check_pkce(&params, allow_plain, exempt).map(|c| c.map(|c| c.method()));
+            assert_eq!(
+                got, expected,
+                "challenge {challenge:?} method {method:?} plain {allow_plain} exempt {exempt}"
+            );
+        }
+    }
+
+    #[test]
+    fn error_placement() {
+        let cases = [
+            (None, false, Some(false)),
+            (None, true, Some(true)),
+            (Some("query"), true, Some(false)),
+            (Some("fragment"), false, Some(true)),
+            (Some("form_post"), false, None),
+        ];
+        for (mode, hybrid, expected) in cases {
+            let params = AuthorizeParams {
+                response_mode: mode.map(str::to_owned),
+                hybrid,
+                ..Default::default()
+            };
+            assert_eq!(error_in_fragment(&params), expected, "{mode:?} {hybrid}");
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! Discovery documents (RFC 8414, OpenID Connect Discovery): advertising
+//! `code_challenge_methods_supported`, with every other byte of the document left as it was.
+
+use std::borrow::Cow;
+
+use serde_json::value::RawValue;
+
+use super::json;
+
+/// The member the layer sets.
+const MEMBER: &str = "code_challenge_methods_supported";
+
+/// Well-known paths of the documents the layer rewrites (already normalized).
+pub(crate) const PATHS: [&str; 2] = [
+    "/.well-known/openid-configuration",
+    "/.well-known/oauth-authorization-server",
+];
+
+/// `body` with `code_challenge_methods_supported` set to exactly `methods`: every existing
+/// occurrence replaced, or the member inserted first in the object. `None` if the body is not
+/// a JSON object (the document then passes unchanged).
+pub(crate) fn rewrite(body: &[u8], methods: &[&str]) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(body).ok()?;
+    let members: Vec<(Cow<'_, str>, &RawValue)> = json::members(text).ok()?;
+    let value = serde_json::to_string(methods).ok()?;
+    let base = text.as_ptr() as usize;
+    // Byte ranges of the values to replace, found from where serde_json's borrowed raw values
+    // point into the input.
+    let mut ranges: Vec<(usize, usize)> = members
+        .iter()
+        .filter(|(name, _)| name == MEMBER)
+        .map(|(_, raw)| {
+            let start = raw.get().as_ptr() as usize - base;
+            (start, start + raw.get().len())
+        })
+        .collect();
+    let mut out = Vec::with_capacity(body.len() + MEMBER.len() + value.len() + 4);
+    if ranges.is_empty() {
+        let open = text.find('{')?;
+        out.extend_from_slice(body.get(..=open)?);
+        out.extend_from_slice(format!("\"{MEMBER}\":{value}").as_bytes());
+        if !members.is_empty() {
+            out.push(b',');
+        }
+        out.extend_from_slice(body.get(open + 1..)?);
+        return Some(out);
+    }
+    ranges.sort_unstable();
+    let mut at = 0;
+    for (start, end) in ranges {
+        out.extend_from_slice(body.get(at..start)?);
+        out.extend_from_slice(value.as_bytes());
+        at = end;
+    }
+    out.extend_from_slice(body.get(at..)?);
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn rewrite_str(body: &str, methods: &[&str]) -> Option<String> {
+        rewrite(body.as_bytes(), methods).map(|b| String::from_utf8(b).unwrap())
+    }
+
+    #[test]
+    fn inserts_or_replaces_the_member_only() {
+        let cases: &[(&str, &[&str], Option<&str>)] = &[
+            (
+                r#"{"issuer":"https://as.example","token_endpoint":"https://as.example/token"}"#,
+                &["S256"],
+                Some(r#"{"code_challenge_methods_supported":["S256"],"issuer":"https://as.example","token_endpoint":"https://as.example/token"}"#),
+            ),
+            (
+                "{\n  \"issuer\": \"https://as.example\",\n  \"code_challenge_methods_supported\": [\"plain\", \"S256\"],\n  \"x\": 1.50\n}",
+                &["S256"],
+                Some("{\n  \"issuer\": \"https://as.example\",\n  \"code_challenge_methods_supported\": [\"S256\"],\n  \"x\": 1.50\n}"),
+            ),
+            ("{}", &["S256", "plain"], Some(r#"{"code_challenge_methods_supported":["S256","plain"]}"#)),
+            (" { } ", &["S256"], Some(r#" {"code_challenge_methods_supported":["S256"] } "#)),
+            (
+                r#"{"code_challenge_methods_supported":[],"code_challenge_methods_supported":null}"#,
+                &["S256"],
+                Some(r#"{"code_challenge_methods_supported":["S256"],"code_challenge_methods_supported":["S256"]}"#),
+            ),
+            ("[]", &["S256"], None),
+            ("not json", &["S256"], None),
+            (r#"{"a":1"#, &["S256"], None),
+            ("", &["S256"], None),
+        ];
+        for (body, methods, expected) in cases {
+            assert_eq!(rewrite_str(body, methods).as_deref(), *expected, "{body}");
+        }
+    }
+
+    #[test]
+    fn keeps_every_other_value_exactly() {
+        let body = r#"{"issuer":"https://as.example/tenant\/x","n":12345678901234567890123,"f":1.000e+2,"s":"\u00e9","nested":{"code_challenge_methods_supported":["plain"]}}"#;
+        let out = rewrite_str(body, &["S256"]).unwrap();
+        let suffix = &out[out.find(",\"issuer\"").unwrap() + 1..];
+        assert_eq!(format!("{{{suffix}"), body);
+        let parsed: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            parsed["code_challenge_methods_supported"],
+            serde_json::json!(["S256"])
+        );
+        assert_eq!(
+            parsed["nested"]["code_challenge_methods_supported"],
+            serde_json::json!(["plain"])
+        );
+    }
+}

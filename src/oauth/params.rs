@@ -1,0 +1,266 @@
+//! `application/x-www-form-urlencoded` parameter lists (query strings and form bodies), read
+//! the strict way: names compared case-insensitively with a bracket suffix dropped, values
+//! decoded to bytes, and the byte ranges kept so a value can be replaced without touching the
+//! rest of the input.
+
+use std::borrow::Cow;
+use std::ops::Range;
+
+/// One `name=value` pair of a form-encoded input.
+#[derive(Debug)]
+pub(crate) struct Param<'a> {
+    /// The decoded name, ASCII-lowercased, with any `[...]` suffix removed.
+    pub(crate) name: Cow<'a, str>,
+    /// The decoded value.
+    pub(crate) value: Cow<'a, [u8]>,
+    /// The whole pair in the input, without its separator.
+    pub(crate) span: Range<usize>,
+}
+
+/// Decodes one form-encoded component: `+` is a space, `%XX` a byte. An invalid escape is kept
+/// literally, as most servers do.
+pub(crate) fn decode(raw: &[u8]) -> Cow<'_, [u8]> {
+    let has_plus = raw.contains(&b'+');
+    if !has_plus && !raw.contains(&b'%') {
+        return Cow::Borrowed(raw);
+    }
+    let spaced: Cow<'_, [u8]> = if has_plus {
+        Cow::Owned(
+            raw.iter()
+                .map(|&b| if b == b'+' { b' ' } else { b })
+                .collect(),
+        )
+    } else {
+        Cow::Borrowed(raw)
+    };
+    let decoded: Vec<u8> = percent_encoding::percent_decode(&spaced).collect();
+    Cow::Owned(decoded)
+}
+
+/// The name a parameter is read under: decoded, ASCII-lowercased (some servers match names
+/// without regard to case), and without a bracket suffix (`client_id[]`, `code[0]`), since
+/// express, PHP and Rails read those as the bare name.
+fn normalize_name(raw: &[u8]) -> Cow<'_, str> {
+    if let Cow::Borrowed(bytes) = decode(raw) {
+        let plain = !bytes.iter().any(|&b| b == b'[' || b.is_ascii_uppercase());
+        if let (true, Ok(name)) = (plain, std::str::from_utf8(bytes)) {
+            return Cow::Borrowed(name);
+        }
+    }
+    let decoded = decode(raw);
+    let cut = decoded
+        .iter()
+        .position(|&b| b == b'[')
+        .unwrap_or(decoded.len());
+    let head = decoded.get(..cut).unwrap_or_default();
+    Cow::Owned(String::from_utf8_lossy(head).to_ascii_lowercase())
+}
+
+/// Splits a form-encoded input into its parameters. Empty pairs (`a=1&&b=2`) are skipped.
+pub(crate) fn parse(input: &[u8]) -> Vec<Param<'_>> {
+    let mut params = Vec::new();
+    let mut start = 0;
+    for piece in input.split(|&b| b == b'&') {
+        let span = start..start + piece.len();
+        start = span.end + 1;
+        if piece.is_empty() {
+            continue;
+        }
+        let (raw_name, raw_value) = match piece.iter().position(|&b| b == b'=') {
+            Some(eq) => (
+                piece.get(..eq).unwrap_or_default(),
+                piece.get(eq + 1..).unwrap_or_default(),
+            ),
+            None => (piece, &b""[..]),
+        };
+        params.push(Param {
+            name: normalize_name(raw_name),
+            value: decode(raw_value),
+            span,
+        });
+    }
+    params
+}
+
+/// The first name that occurs more than once, if any.
+pub(crate) fn first_duplicate<'p>(params: &'p [Param<'_>]) -> Option<&'p str> {
+    if params.len() <= 16 {
+        for (i, p) in params.iter().enumerate() {
+            if params.iter().skip(i + 1).any(|q| q.name == p.name) {
+                return Some(&p.name);
+            }
+        }
+        return None;
+    }
+    let mut names: Vec<&str> = params.iter().map(|p| p.name.as_ref()).collect();
+    names.sort_unstable();
+    names.windows(2).find_map(|w| match w {
+        [a, b] if a == b => Some(*a),
+        _ => None,
+    })
+}
+
+/// The first name present in both lists, if any.
+pub(crate) fn first_shared<'p>(a: &'p [Param<'_>], b: &[Param<'_>]) -> Option<&'p str> {
+    if a.len().saturating_mul(b.len()) <= 256 {
+        return a
+            .iter()
+            .find(|p| b.iter().any(|q| q.name == p.name))
+            .map(|p| p.name.as_ref());
+    }
+    let mut names: Vec<&str> = b.iter().map(|p| p.name.as_ref()).collect();
+    names.sort_unstable();
+    a.iter()
+        .find(|p| names.binary_search(&p.name.as_ref()).is_ok())
+        .map(|p| p.name.as_ref())
+}
+
+/// Looks a parameter up by its normalized name.
+pub(crate) fn find<'p, 'a>(params: &'p [Param<'a>], name: &str) -> Option<&'p Param<'a>> {
+    params.iter().find(|p| p.name == name)
+}
+
+/// A parameter's value, with an empty value read as absent (RFC 6749 §3.1).
+pub(crate) fn value<'p>(params: &'p [Param<'_>], name: &str) -> Option<&'p [u8]> {
+    find(params, name)
+        .map(|p| p.value.as_ref())
+        .filter(|v| !v.is_empty())
+}
+
+/// Returns `input` with the bytes in `span` replaced by `replacement`.
+pub(crate) fn splice(input: &[u8], span: Range<usize>, replacement: &[u8]) -> Vec<u8> {
+    let head = input.get(..span.start).unwrap_or_default();
+    let tail = input.get(span.end..).unwrap_or_default();
+    let mut out = Vec::with_capacity(head.len() + replacement.len() + tail.len());
+    out.extend_from_slice(head);
+    out.extend_from_slice(replacement);
+    out.extend_from_slice(tail);
+    out
+}
+
+/// Returns `input` without the pair in `span` and one of the `&` next to it.
+pub(crate) fn remove(input: &[u8], span: Range<usize>) -> Vec<u8> {
+    let span = if span.end < input.len() {
+        span.start..span.end + 1 // the `&` after it
+    } else if span.start > 0 {
+        span.start - 1..span.end // the `&` before it
+    } else {
+        span
+    };
+    splice(input, span, b"")
+}
+
+/// Encodes a value for a form or query component.
+pub(crate) fn encode(value: &str) -> String {
+    form_urlencoded::byte_serialize(value.as_bytes()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(input: &str) -> Vec<(String, String)> {
+        parse(input.as_bytes())
+            .into_iter()
+            .map(|p| {
+                (
+                    p.name.into_owned(),
+                    String::from_utf8_lossy(&p.value).into_owned(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn parses_and_decodes() {
+        let cases: &[(&str, &[(&str, &str)])] = &[
+            ("", &[]),
+            ("a=1", &[("a", "1")]),
+            ("a=1&b=2", &[("a", "1"), ("b", "2")]),
+            ("a=1&&b=2&", &[("a", "1"), ("b", "2")]),
+            ("a", &[("a", "")]),
+            ("a=", &[("a", "")]),
+            ("a=x%20y+z", &[("a", "x y z")]),
+            ("a=%2B", &[("a", "+")]),
+            ("a=%zz", &[("a", "%zz")]),
+            ("a=b=c", &[("a", "b=c")]),
+            ("Client_ID=x", &[("client_id", "x")]),
+            ("client_id[]=x", &[("client_id", "x")]),
+            ("code[0]=x", &[("code", "x")]),
+            ("client_id%5B%5D=x", &[("client_id", "x")]),
+            ("%73tate=x", &[("state", "x")]),
+        ];
+        for (input, expected) in cases {
+            let expected: Vec<(String, String)> = expected
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect();
+            assert_eq!(pairs(input), expected, "input {input:?}");
+        }
+    }
+
+    #[test]
+    fn keeps_invalid_utf8_as_bytes() {
+        let params = parse(b"state=%FF%FE");
+        assert_eq!(params[0].value.as_ref(), &[0xff, 0xfe]);
+    }
+
+    #[test]
+    fn finds_duplicates() {
+        let cases: &[(&str, Option<&str>)] = &[
+            ("a=1&b=2", None),
+            ("a=1&a=2", Some("a")),
+            ("state=1&STATE=2", Some("state")),
+            ("code=1&code[]=2", Some("code")),
+            ("a=&a=", Some("a")),
+        ];
+        for (input, expected) in cases {
+            let params = parse(input.as_bytes());
+            assert_eq!(first_duplicate(&params), *expected, "input {input:?}");
+        }
+        let many: String = (0..20_000).map(|i| format!("p{i}=x&")).collect();
+        assert_eq!(first_duplicate(&parse(many.as_bytes())), None);
+        let many = format!("{many}p19999=y");
+        assert_eq!(first_duplicate(&parse(many.as_bytes())), Some("p19999"));
+    }
+
+    #[test]
+    fn finds_shared_names() {
+        let a = parse(b"a=1&b=2");
+        assert_eq!(first_shared(&a, &parse(b"c=3")), None);
+        assert_eq!(first_shared(&a, &parse(b"c=3&B[]=4")), Some("b"));
+    }
+
+    #[test]
+    fn empty_value_is_absent() {
+        let params = parse(b"state=&code=x");
+        assert_eq!(value(&params, "state"), None);
+        assert_eq!(value(&params, "code"), Some(&b"x"[..]));
+        assert_eq!(value(&params, "missing"), None);
+    }
+
+    #[test]
+    fn splices_and_removes_pairs() {
+        let input = b"a=1&state=abc&b=2";
+        let params = parse(input);
+        let state = find(&params, "state").unwrap();
+        assert_eq!(
+            splice(input, state.span.clone(), b"state=H"),
+            b"a=1&state=H&b=2"
+        );
+        assert_eq!(remove(input, state.span.clone()), b"a=1&b=2");
+        let last = b"a=1&state=x";
+        let span = find(&parse(last), "state").unwrap().span.clone();
+        assert_eq!(remove(last, span), b"a=1");
+        let only = b"state=x";
+        let span = find(&parse(only), "state").unwrap().span.clone();
+        assert_eq!(remove(only, span), b"");
+    }
+
+    #[test]
+    fn encodes_values() {
+        assert_eq!(encode("a b&c=d/é"), "a+b%26c%3Dd%2F%C3%A9");
+        let encoded = format!("s={}", encode("x y+z%"));
+        assert_eq!(value(&parse(encoded.as_bytes()), "s"), Some(&b"x y+z%"[..]));
+    }
+}

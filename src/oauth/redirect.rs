@@ -1,0 +1,294 @@
+//! Authorization responses delivered by redirect (RFC 6749 §4.1.2): finding the layer's handle
+//! in a `Location`, the code or error next to it, and putting the client's own state back.
+
+use std::borrow::Cow;
+use std::ops::Range;
+
+use super::params;
+
+/// Length of a handle: 16 random bytes in base64url without padding.
+pub(crate) const HANDLE_LEN: usize = 22;
+
+/// Whether `value` has the shape of a handle the layer mints.
+pub(crate) fn is_handle(value: &[u8]) -> bool {
+    value.len() == HANDLE_LEN
+        && value
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// A cheap test, without allocating, for a `Location` worth parsing: it has a `state`
+/// parameter.
+pub(crate) fn may_carry_state(location: &[u8]) -> bool {
+    location
+        .windows(6)
+        .any(|w| w.eq_ignore_ascii_case(b"state="))
+}
+
+/// An authorization response found in a `Location`.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Capture<'a> {
+    /// The handle in `state`.
+    pub(crate) handle: &'a str,
+    /// The decoded `code`, if any.
+    pub(crate) code: Option<Cow<'a, [u8]>>,
+    /// Whether the response carries `error`.
+    pub(crate) error: bool,
+    /// The `state` pair, as a byte range of the whole location.
+    state_span: Range<usize>,
+}
+
+/// Finds an authorization response in `location`: a query or fragment with a `state` of the
+/// handle's shape and a `code` or an `error` beside it. A component that repeats any of these
+/// is not read (the client could read another copy).
+pub(crate) fn capture(location: &str) -> Option<Capture<'_>> {
+    let fragment_at = location.find('#');
+    let before_fragment = fragment_at.map_or(location, |i| location.get(..i).unwrap_or_default());
+    let query = before_fragment
+        .find('?')
+        .map(|i| (i + 1, before_fragment.len()));
+    let fragment = fragment_at.map(|i| (i + 1, location.len()));
+    for (start, end) in [query, fragment].into_iter().flatten() {
+        let component = location.get(start..end).unwrap_or_default();
+        let list = params::parse(component.as_bytes());
+        let count = |name: &str| list.iter().filter(|p| p.name == name).count();
+        if count("state") != 1 || count("code") > 1 || count("error") > 1 {
+            continue;
+        }
+        let Some(state) = params::find(&list, "state") else {
+            continue;
+        };
+        if !is_handle(&state.value) {
+            continue;
+        }
+        let code = params::value(&list, "code").is_some();
+        let error = params::value(&list, "error").is_some();
+        if !code && !error {
+            continue;
+        }
+        let state_span = state.span.start + start..state.span.end + start;
+        // The handle is plain base64url, so it stands undecoded in the location.
+        let handle = location
+            .get(state_span.clone())
+            .and_then(|pair| pair.split_once('='))
+            .map(|(_, value)| value)
+            .filter(|value| is_handle(value.as_bytes()))?;
+        let code = list
+            .into_iter()
+            .find(|p| p.name == "code" && !p.value.is_empty())
+            .map(|p| p.value);
+        return Some(Capture {
+            handle,
+            code,
+            error,
+            state_span,
+        });
+    }
+    None
+}
+
+/// `location` with the handle replaced by the client's own `state`, or the `state` pair
+/// removed when the client sent none. Everything else is kept byte for byte.
+pub(crate) fn restore_state(location: &str, capture: &Capture<'_>, state: Option<&str>) -> String {
+    let span = capture.state_span.clone();
+    let bytes = location.as_bytes();
+    let out = match state {
+        Some(state) => params::splice(
+            bytes,
+            span,
+            format!("state={}", params::encode(state)).as_bytes(),
+        ),
+        None => {
+            // Remove the pair within its component only, then a separator left dangling.
+            let component_start = location
+                .get(..span.start)
+                .and_then(|head| head.rfind(['?', '#']))
+                .map_or(0, |i| i + 1);
+            let component_end = location
+                .get(span.end..)
+                .and_then(|tail| tail.find('#'))
+                .map_or(location.len(), |i| span.end + i);
+            let component = bytes
+                .get(component_start..component_end)
+                .unwrap_or_default();
+            let local = span.start - component_start..span.end - component_start;
+            let rest = params::remove(component, local);
+            let mut out = Vec::with_capacity(bytes.len());
+            let head = bytes.get(..component_start).unwrap_or_default();
+            if rest.is_empty() {
+                // Drop the now-empty `?` or `#`.
+                out.extend_from_slice(head.get(..head.len().saturating_sub(1)).unwrap_or_default());
+            } else {
+                out.extend_from_slice(head);
+                out.extend_from_slice(&rest);
+            }
+            out.extend_from_slice(bytes.get(component_end..).unwrap_or_default());
+            out
+        }
+    };
+    // Only ASCII was spliced into valid UTF-8 at pair boundaries.
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H: &str = "AAAAAAAAAAAAAAAAAAAAAA";
+
+    #[test]
+    fn handle_shape() {
+        assert!(is_handle(H.as_bytes()));
+        assert!(is_handle(b"abcdefghij-_0123456789"));
+        assert!(!is_handle(b"abcdefghij-_012345678"));
+        assert!(!is_handle(b"abcdefghij+/0123456789"));
+    }
+
+    #[test]
+    fn captures_codes_and_errors() {
+        let cases: &[(String, Option<(Option<&str>, bool)>)] = &[
+            (
+                format!("https://c.example/cb?code=abc&state={H}"),
+                Some((Some("abc"), false)),
+            ),
+            (
+                format!("/cb?state={H}&code=a%2Bb"),
+                Some((Some("a+b"), false)),
+            ),
+            (
+                format!("cb?state={H}&code=x#frag"),
+                Some((Some("x"), false)),
+            ),
+            (
+                format!("https://c.example/cb#code=abc&state={H}&id_token=x"),
+                Some((Some("abc"), false)),
+            ),
+            (
+                format!("https://c.example/cb?error=access_denied&state={H}"),
+                Some((None, true)),
+            ),
+            (
+                format!("https://c.example/cb#error=access_denied&state={H}"),
+                Some((None, true)),
+            ),
+            (
+                format!("com.example.app:/cb?code=abc&state={H}&iss=https%3A%2F%2Fas"),
+                Some((Some("abc"), false)),
+            ),
+            // Not a response: no code or error next to the handle.
+            (format!("/login?state={H}&client_id=app"), None),
+            // State is not a handle.
+            (
+                "https://c.example/cb?code=abc&state=client-state".into(),
+                None,
+            ),
+            // Ambiguous components are not read.
+            (format!("/cb?code=a&code=b&state={H}"), None),
+            (format!("/cb?code=a&state={H}&state={H}"), None),
+            // Handle inside another parameter's value.
+            (
+                format!("/login?return_to=%2Fauthorize%3Fstate%3D{H}%26code%3Dx"),
+                None,
+            ),
+            ("/cb".into(), None),
+            ("".into(), None),
+        ];
+        for (location, expected) in cases {
+            let got = capture(location);
+            let got = got.as_ref().map(|c| {
+                assert_eq!(c.handle, H, "{location}");
+                (
+                    c.code.as_deref().map(|c| std::str::from_utf8(c).unwrap()),
+                    c.error,
+                )
+            });
+            assert_eq!(got, *expected, "{location}");
+        }
+    }
+
+    #[test]
+    fn restores_exact_state() {
+        let cases: &[(String, Option<&str>, &str)] = &[
+            (
+                format!("https://c.example/cb?code=abc&state={H}"),
+                Some("xyz"),
+                "https://c.example/cb?code=abc&state=xyz",
+            ),
+            (
+                format!("https://c.example/cb?state={H}&code=abc"),
+                Some("a b&c=d/é"),
+                "https://c.example/cb?state=a+b%26c%3Dd%2F%C3%A9&code=abc",
+            ),
+            (
+                format!("https://c.example/cb?code=abc&state={H}"),
+                None,
+                "https://c.example/cb?code=abc",
+            ),
+            (
+                format!("https://c.example/cb?state={H}&code=abc"),
+                None,
+                "https://c.example/cb?code=abc",
+            ),
+            (
+                format!("https://c.example/cb?x=1&state={H}&code=abc"),
+                None,
+                "https://c.example/cb?x=1&code=abc",
+            ),
+            (
+                format!("https://c.example/cb#code=abc&state={H}"),
+                None,
+                "https://c.example/cb#code=abc",
+            ),
+            (
+                format!("https://c.example/cb?code=abc&state={H}#keep"),
+                None,
+                "https://c.example/cb?code=abc#keep",
+            ),
+            (
+                format!("https://c.example/cb#code=abc&state={H}"),
+                Some("s"),
+                "https://c.example/cb#code=abc&state=s",
+            ),
+        ];
+        for (location, state, expected) in cases {
+            let c = capture(location).unwrap();
+            assert_eq!(
+                restore_state(location, &c, *state),
+                *expected,
+                "{location} {state:?}"
+            );
+        }
+        // A location whose only parameter is the state loses its `?` when state is removed.
+        let bare = format!("/cb?state={H}");
+        let c = Capture {
+            handle: H,
+            code: None,
+            error: true,
+            state_span: 4..bare.len(),
+        };
+        assert_eq!(restore_state(&bare, &c, None), "/cb");
+    }
+
+    #[test]
+    fn restored_state_round_trips_through_a_url_parser() {
+        for state in ["plain", "with space", "100%", "a+b", "ü/?#&=", "~!*'()"] {
+            let location = format!("https://c.example/cb?code=abc&state={H}");
+            let c = capture(&location).unwrap();
+            let restored = restore_state(&location, &c, Some(state));
+            let query = restored.split_once('?').unwrap().1;
+            let got: Vec<_> = form_urlencoded::parse(query.as_bytes())
+                .filter(|(k, _)| k == "state")
+                .map(|(_, v)| v.into_owned())
+                .collect();
+            assert_eq!(got, vec![state.to_string()]);
+        }
+    }
+
+    #[test]
+    fn cheap_prefilter() {
+        assert!(may_carry_state(b"/cb?code=x&state=y"));
+        assert!(may_carry_state(b"/cb?STATE=y"));
+        assert!(!may_carry_state(b"/cb?code=x"));
+        assert!(!may_carry_state(b""));
+    }
+}

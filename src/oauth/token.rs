@@ -1,0 +1,411 @@
+//! Token requests (RFC 6749 §4.1.3, RFC 7636 §4.5): form and JSON bodies, client identity from
+//! the body or HTTP Basic.
+
+use std::borrow::Cow;
+
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+use base64::engine::DecodePaddingMode;
+use base64::Engine as _;
+use http::HeaderValue;
+use serde_json::Value;
+
+use super::error::Reason;
+use super::json;
+use super::params::{self, Param};
+
+/// Parameters that belong in a token request's body; in its query string they are refused
+/// whatever the grant, since a lenient upstream may read them from there.
+const BODY_ONLY: &[&str] = &[
+    "grant_type",
+    "code",
+    "code_verifier",
+    "redirect_uri",
+    "client_id",
+    "client_secret",
+    "client_assertion",
+    "client_assertion_type",
+    "refresh_token",
+    "username",
+    "password",
+    "assertion",
+    "device_code",
+    "scope",
+];
+
+/// Whether a token request's query string carries OAuth parameters.
+pub(crate) fn query_has_oauth_params(query: &[u8]) -> bool {
+    params::parse(query)
+        .iter()
+        .any(|p| BODY_ONLY.contains(&p.name.as_ref()))
+}
+
+/// How a token request body is encoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BodyFormat {
+    Form,
+    Json,
+}
+
+/// Reads the `Content-Type` of a token request. No content type is read as a form (the
+/// strict reading: a lenient upstream may parse such a body as one).
+pub(crate) fn body_format(content_type: Option<&HeaderValue>) -> Result<BodyFormat, Reason> {
+    let Some(value) = content_type else {
+        return Ok(BodyFormat::Form);
+    };
+    let value = value.to_str().map_err(|_| Reason::UnsupportedContentType)?;
+    let essence = value.split(';').next().unwrap_or_default().trim();
+    if essence.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+        Ok(BodyFormat::Form)
+    } else if essence.eq_ignore_ascii_case("application/json")
+        || (essence.len() > 5
+            && essence
+                .get(essence.len() - 5..)
+                .is_some_and(|tail| tail.eq_ignore_ascii_case("+json")))
+    {
+        Ok(BodyFormat::Json)
+    } else {
+        Err(Reason::UnsupportedContentType)
+    }
+}
+
+/// Converts a JSON object of scalar members to a form body, member order kept. `null` is
+/// absent; arrays and objects are refused.
+pub(crate) fn json_to_form(body: &[u8]) -> Result<Vec<u8>, Reason> {
+    let text = std::str::from_utf8(body).map_err(|_| Reason::UnreadableBody)?;
+    let members: Vec<(Cow<'_, str>, Value)> =
+        json::members(text).map_err(|_| Reason::UnreadableBody)?;
+    let mut form = form_urlencoded::Serializer::new(String::new());
+    for (name, value) in &members {
+        match value {
+            Value::Null => {}
+            Value::String(s) => {
+                form.append_pair(name, s);
+            }
+            Value::Bool(b) => {
+                form.append_pair(name, if *b { "true" } else { "false" });
+            }
+            Value::Number(n) => {
+                form.append_pair(name, &n.to_string());
+            }
+            Value::Array(_) | Value::Object(_) => return Err(Reason::UnreadableBody),
+        }
+    }
+    Ok(form.finish().into_bytes())
+}
+
+/// The token request parameters the layer reads.
+#[derive(Debug)]
+pub(crate) struct TokenParams<'a> {
+    /// `grant_type` is `authorization_code` (compared leniently: trimmed, any case).
+    pub(crate) authorization_code: bool,
+    pub(crate) code: Option<Cow<'a, [u8]>>,
+    pub(crate) verifier: Option<String>,
+    pub(crate) client_id: Option<String>,
+    pub(crate) client_secret: bool,
+    pub(crate) client_assertion: bool,
+}
+
+fn text(p: Option<&[u8]>) -> Result<Option<String>, Reason> {
+    p.map(|v| {
+        std::str::from_utf8(v)
+            .map(str::to_owned)
+            .map_err(|_| Reason::MalformedParameter)
+    })
+    .transpose()
+}
+
+/// Reads a form-encoded token request body. A repeated parameter is refused.
+pub(crate) fn parse_form(body: &[u8]) -> Result<TokenParams<'_>, Reason> {
+    let list: Vec<Param<'_>> = params::parse(body);
+    if params::first_duplicate(&list).is_some() {
+        return Err(Reason::DuplicateParameter);
+    }
+    let grant = params::value(&list, "grant_type").unwrap_or_default();
+    let grant = std::str::from_utf8(grant).unwrap_or_default().trim();
+    let authorization_code = grant.eq_ignore_ascii_case("authorization_code");
+    let code = list
+        .iter()
+        .position(|p| p.name == "code" && !p.value.is_empty());
+    let verifier = text(params::value(&list, "code_verifier"))?;
+    let client_id = text(params::value(&list, "client_id"))?;
+    let client_secret = params::value(&list, "client_secret").is_some();
+    let client_assertion = params::value(&list, "client_assertion").is_some();
+    let code = code.and_then(|i| list.into_iter().nth(i)).map(|p| p.value);
+    Ok(TokenParams {
+        authorization_code,
+        code,
+        verifier,
+        client_id,
+        client_secret,
+        client_assertion,
+    })
+}
+
+/// Reads the client id from an `Authorization` header: `Ok(None)` for another scheme,
+/// the form-decoded user (RFC 6749 §2.3.1) for Basic.
+pub(crate) fn basic_client_id(header: &HeaderValue) -> Result<Option<String>, Reason> {
+    const LENIENT: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    );
+    let value = header.to_str().map_err(|_| Reason::MalformedBasic)?.trim();
+    let (scheme, credentials) = value.split_once(' ').unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Ok(None);
+    }
+    let decoded = LENIENT
+        .decode(credentials.trim())
+        .map_err(|_| Reason::MalformedBasic)?;
+    let colon = decoded
+        .iter()
+        .position(|&b| b == b':')
+        .ok_or(Reason::MalformedBasic)?;
+    let user = params::decode(decoded.get(..colon).unwrap_or_default());
+    let user = std::str::from_utf8(&user).map_err(|_| Reason::MalformedBasic)?;
+    if user.is_empty() {
+        return Err(Reason::MalformedBasic);
+    }
+    Ok(Some(user.to_owned()))
+}
+
+/// Works out which client is redeeming: the HTTP Basic user or the body's `client_id`.
+/// Refuses two authentication methods at once (RFC 6749 §2.3) and a `client_id` that
+/// contradicts the Basic user.
+pub(crate) fn client_identity(
+    params: &TokenParams<'_>,
+    basic: Option<String>,
+) -> Result<Option<String>, Reason> {
+    if params.client_secret && params.client_assertion {
+        return Err(Reason::MultipleClientAuth);
+    }
+    let Some(user) = basic else {
+        return Ok(params.client_id.clone());
+    };
+    if params.client_secret || params.client_assertion {
+        return Err(Reason::MultipleClientAuth);
+    }
+    match &params.client_id {
+        Some(id) if *id != user => Err(Reason::ClientIdMismatch),
+        _ => Ok(Some(user)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_types() {
+        let cases: &[(Option<&str>, Result<BodyFormat, Reason>)] = &[
+            (None, Ok(BodyFormat::Form)),
+            (
+                Some("application/x-www-form-urlencoded"),
+                Ok(BodyFormat::Form),
+            ),
+            (
+                Some("application/x-www-form-urlencoded;charset=UTF-8"),
+                Ok(BodyFormat::Form),
+            ),
+            (
+                Some("Application/X-WWW-Form-Urlencoded ; charset=utf-8"),
+                Ok(BodyFormat::Form),
+            ),
+            (Some("application/json"), Ok(BodyFormat::Json)),
+            (
+                Some("application/json; charset=utf-8"),
+                Ok(BodyFormat::Json),
+            ),
+            (Some("application/vnd.x+json"), Ok(BodyFormat::Json)),
+            (
+                Some("multipart/form-data; boundary=x"),
+                Err(Reason::UnsupportedContentType),
+            ),
+            (Some("text/plain"), Err(Reason::UnsupportedContentType)),
+            (Some(""), Err(Reason::UnsupportedContentType)),
+        ];
+        for (ct, expected) in cases {
+            let value = ct.map(|v| HeaderValue::from_str(v).unwrap());
+            assert_eq!(body_format(value.as_ref()), *expected, "{ct:?}");
+        }
+    }
+
+    #[test]
+    fn reads_form_bodies() {
+        let p = parse_form(
+            b"grant_type=authorization_code&code=abc%2Bdef&code_verifier=v&client_id=app",
+        )
+        .unwrap();
+        assert!(p.authorization_code);
+        assert_eq!(p.code.as_deref(), Some(&b"abc+def"[..]));
+        assert_eq!(p.verifier.as_deref(), Some("v"));
+        assert_eq!(p.client_id.as_deref(), Some("app"));
+        assert!(!p.client_secret);
+
+        let grants = [
+            ("grant_type=authorization_code", true),
+            ("grant_type=Authorization_Code", true),
+            ("grant_type=+authorization_code+", true),
+            ("grant_type=refresh_token", false),
+            ("grant_type=client_credentials", false),
+            ("", false),
+        ];
+        for (body, expected) in grants {
+            assert_eq!(
+                parse_form(body.as_bytes()).unwrap().authorization_code,
+                expected,
+                "{body}"
+            );
+        }
+        let p = parse_form(b"code=&code_verifier=&client_id=").unwrap();
+        assert!(p.code.is_none() && p.verifier.is_none() && p.client_id.is_none());
+    }
+
+    #[test]
+    fn refuses_bad_form_bodies() {
+        let cases: &[(&[u8], Reason)] = &[
+            (b"code=a&code=b", Reason::DuplicateParameter),
+            (b"code=a&code[]=b", Reason::DuplicateParameter),
+            (
+                b"code_verifier=a&CODE_VERIFIER=b",
+                Reason::DuplicateParameter,
+            ),
+            (b"code_verifier=%FF", Reason::MalformedParameter),
+            (b"client_id=%FF", Reason::MalformedParameter),
+        ];
+        for (body, expected) in cases {
+            assert_eq!(
+                parse_form(body).map(|_| ()),
+                Err(*expected),
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    #[test]
+    fn converts_json_bodies() {
+        let cases: &[(&str, Result<&str, Reason>)] = &[
+            (
+                r#"{"grant_type":"authorization_code","code":"a b&c","code_verifier":"v"}"#,
+                Ok("grant_type=authorization_code&code=a+b%26c&code_verifier=v"),
+            ),
+            (
+                r#"{"a":1,"b":true,"c":null,"d":1.5}"#,
+                Ok("a=1&b=true&d=1.5"),
+            ),
+            (r#"{}"#, Ok("")),
+            (r#"{"code":"a","code":"b"}"#, Ok("code=a&code=b")),
+            (r#"{"code":["a"]}"#, Err(Reason::UnreadableBody)),
+            (r#"{"code":{"a":1}}"#, Err(Reason::UnreadableBody)),
+            (r#"["code"]"#, Err(Reason::UnreadableBody)),
+            (r#"{"code":"a""#, Err(Reason::UnreadableBody)),
+            ("", Err(Reason::UnreadableBody)),
+        ];
+        for (json, expected) in cases {
+            let got = json_to_form(json.as_bytes());
+            let got = got
+                .as_ref()
+                .map(|f| std::str::from_utf8(f).unwrap())
+                .map_err(|e| *e);
+            assert_eq!(got, *expected, "{json}");
+        }
+        // Duplicate members survive the conversion, so the form reader refuses them.
+        let form = json_to_form(br#"{"code":"a","code":"b"}"#).unwrap();
+        assert_eq!(
+            parse_form(&form).map(|_| ()),
+            Err(Reason::DuplicateParameter)
+        );
+        assert_eq!(
+            json_to_form(b"{\"a\":\"\xff\"}"),
+            Err(Reason::UnreadableBody)
+        );
+    }
+
+    #[test]
+    fn reads_basic_credentials() {
+        use base64::engine::general_purpose::STANDARD;
+        let basic =
+            |raw: &str| HeaderValue::from_str(&format!("Basic {}", STANDARD.encode(raw))).unwrap();
+        let cases: Vec<(HeaderValue, Result<Option<&str>, Reason>)> = vec![
+            (basic("app:secret"), Ok(Some("app"))),
+            (basic("my%3Aapp:se%3Acret"), Ok(Some("my:app"))),
+            (basic("my+app:x"), Ok(Some("my app"))),
+            (basic("app:"), Ok(Some("app"))),
+            (basic("app"), Err(Reason::MalformedBasic)),
+            (basic(":secret"), Err(Reason::MalformedBasic)),
+            (basic("%FF:x"), Err(Reason::MalformedBasic)),
+            (
+                HeaderValue::from_static("Basic !!!"),
+                Err(Reason::MalformedBasic),
+            ),
+            (
+                HeaderValue::from_static("basic YXBwOnNlY3JldA"),
+                Ok(Some("app")),
+            ),
+            (HeaderValue::from_static("Bearer abc"), Ok(None)),
+        ];
+        for (header, expected) in cases {
+            let got = basic_client_id(&header);
+            assert_eq!(
+                got.as_ref().map(|o| o.as_deref()).map_err(|e| *e),
+                expected,
+                "{header:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn client_identity_rules() {
+        let form = |body: &'static str| parse_form(body.as_bytes()).unwrap();
+        let cases: Vec<(&str, Option<&str>, Result<Option<&str>, Reason>)> = vec![
+            ("client_id=app", None, Ok(Some("app"))),
+            ("", None, Ok(None)),
+            ("", Some("app"), Ok(Some("app"))),
+            ("client_id=app", Some("app"), Ok(Some("app"))),
+            ("client_id=evil", Some("app"), Err(Reason::ClientIdMismatch)),
+            (
+                "client_secret=s",
+                Some("app"),
+                Err(Reason::MultipleClientAuth),
+            ),
+            (
+                "client_assertion=jwt",
+                Some("app"),
+                Err(Reason::MultipleClientAuth),
+            ),
+            (
+                "client_secret=s&client_assertion=jwt&client_id=a",
+                None,
+                Err(Reason::MultipleClientAuth),
+            ),
+            ("client_id=app&client_secret=s", None, Ok(Some("app"))),
+        ];
+        for (body, basic, expected) in cases {
+            let got = client_identity(&form(body), basic.map(str::to_owned));
+            assert_eq!(
+                got.as_ref().map(|o| o.as_deref()).map_err(|e| *e),
+                expected,
+                "{body} {basic:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn oauth_parameters_in_query() {
+        let cases = [
+            ("", false),
+            ("tenant=x", false),
+            ("code=x", true),
+            ("Code_Verifier=x", true),
+            ("grant_type[]=x", true),
+            ("client_secret=x", true),
+        ];
+        for (query, expected) in cases {
+            assert_eq!(
+                query_has_oauth_params(query.as_bytes()),
+                expected,
+                "{query}"
+            );
+        }
+    }
+}

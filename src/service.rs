@@ -1,0 +1,898 @@
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Method, Request, Response, Uri};
+use http_body::Body;
+use http_body_util::{BodyExt as _, LengthLimitError, Limited};
+use rand::RngCore as _;
+use tower_service::Service;
+
+use crate::body::PkceBody;
+use crate::future::ResponseFuture;
+use crate::layer::{Mode, PkceLayer, Shared};
+use crate::metrics::{Outcome, Pass};
+use crate::oauth::authorize::{self, AuthorizeParams, Part};
+use crate::oauth::error::{self, Reason};
+use crate::oauth::token::{self, BodyFormat};
+use crate::oauth::{metadata, params, path, redirect};
+use crate::pkce::CodeVerifier;
+use crate::store::{CodeBinding, CodeState, PendingFlow, StoreError, StoreKey};
+use crate::BoxError;
+
+/// The largest discovery document the layer rewrites; larger ones pass unchanged.
+const MAX_METADATA_BYTES: usize = 1024 * 1024;
+
+/// The service [`PkceLayer`] makes: enforces PKCE in front of `S`.
+///
+/// Every refusal is a response (carrying its [`Reason`] in the extensions), so
+/// `Error = S::Error` and the layer fits `axum::Router::layer` without `HandleErrorLayer`.
+#[derive(Clone)]
+pub struct Pkce<S> {
+    inner: S,
+    layer: PkceLayer,
+}
+
+impl<S> Pkce<S> {
+    /// Wraps `inner` with the configuration (and the store) of `layer`.
+    pub fn new(inner: S, layer: PkceLayer) -> Self {
+        Self { inner, layer }
+    }
+
+    /// A [`PkceLayer`] with strict defaults.
+    pub fn layer() -> PkceLayer {
+        PkceLayer::new()
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for Pkce<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pkce")
+            .field("inner", &self.inner)
+            .field("layer", &self.layer)
+            .finish()
+    }
+}
+
+/// Which endpoint a request is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Endpoint {
+    Authorize,
+    Token,
+    Metadata,
+    Other,
+}
+
+fn classify(shared: &Shared, path: &str) -> Endpoint {
+    let config = &shared.config;
+    if path::matches(path, &config.token_path) {
+        Endpoint::Token
+    } else if path::matches(path, &config.authorize_path) {
+        Endpoint::Authorize
+    } else if path.contains("well-known") || path.contains('%') {
+        // Cheap pre-check: only paths that could name a discovery document are compared.
+        if metadata::PATHS.iter().any(|p| path::matches(path, p)) {
+            Endpoint::Metadata
+        } else {
+            Endpoint::Other
+        }
+    } else {
+        Endpoint::Other
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Pkce<S>
+where
+    S: Service<Request<PkceBody<ReqBody>>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Body<Data = Bytes> + Send + 'static,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    type Response = Response<PkceBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        let shared = &self.layer.shared;
+        match classify(shared, req.uri().path()) {
+            Endpoint::Other => ResponseFuture::inner(
+                self.inner.call(req.map(PkceBody::new)),
+                shared.clone(),
+                false,
+            ),
+            Endpoint::Metadata => {
+                // Ask for an identity encoding: a compressed document cannot be rewritten.
+                req.headers_mut().remove(header::ACCEPT_ENCODING);
+                req.headers_mut().remove(header::IF_NONE_MATCH);
+                ResponseFuture::inner(
+                    self.inner.call(req.map(PkceBody::new)),
+                    shared.clone(),
+                    true,
+                )
+            }
+            endpoint => {
+                // The store is consulted before the inner service is called: take the service
+                // that was driven to readiness and leave a clone in its place.
+                let clone = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, clone);
+                let shared = shared.clone();
+                ResponseFuture::boxed(Box::pin(async move {
+                    if endpoint == Endpoint::Token {
+                        token_request(shared, inner, req).await
+                    } else {
+                        authorize_request(shared, inner, req).await
+                    }
+                }))
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decisions and their traces
+
+fn log(
+    endpoint: &str,
+    client: Option<&str>,
+    outcome: Outcome,
+    reason: &str,
+    code: Option<&StoreKey>,
+) {
+    let client = client.unwrap_or("-");
+    let code = code.map(StoreKey::fingerprint);
+    let code = code.as_deref().unwrap_or("-");
+    match outcome {
+        Outcome::Allowed => tracing::info!(
+            target: "tower_pkce", endpoint, client_id = ?client, outcome = outcome.as_str(), reason, code
+        ),
+        _ => tracing::warn!(
+            target: "tower_pkce", endpoint, client_id = ?client, outcome = outcome.as_str(), reason, code
+        ),
+    }
+}
+
+fn allow(
+    shared: &Shared,
+    endpoint: &str,
+    client: Option<&str>,
+    pass: Pass,
+    code: Option<&StoreKey>,
+) {
+    shared.metrics.pass(pass);
+    log(endpoint, client, Outcome::Allowed, pass.as_str(), code);
+}
+
+/// Records a refusal; returns whether the request must still be forwarded (report mode).
+fn refuse(
+    shared: &Shared,
+    endpoint: &str,
+    client: Option<&str>,
+    reason: Reason,
+    code: Option<&StoreKey>,
+) -> bool {
+    let report = shared.config.mode == Mode::Report;
+    shared.metrics.refuse(reason, report);
+    let outcome = if report {
+        Outcome::Reported
+    } else {
+        Outcome::Refused
+    };
+    log(endpoint, client, outcome, reason.as_str(), code);
+    report
+}
+
+fn store_reason(error: &StoreError) -> Reason {
+    tracing::error!(target: "tower_pkce", error = %error, "challenge store failed");
+    match error {
+        StoreError::Full => Reason::StoreFull,
+        _ => Reason::StoreUnavailable,
+    }
+}
+
+fn respond<B>(response: Response<Bytes>) -> Response<PkceBody<B>> {
+    response.map(PkceBody::full)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bodies
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Reads a whole request body, refusing one over `limit` before reading it when its length
+/// is declared.
+async fn read_body<B>(headers: &HeaderMap, body: B, limit: usize) -> Result<Bytes, Reason>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    if content_length(headers).is_some_and(|n| n > limit as u64) {
+        return Err(Reason::BodyTooLarge);
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(Reason::BodyTooLarge),
+        Err(_) => Err(Reason::UnreadableBody),
+    }
+}
+
+/// Sets the framing headers for a buffered body.
+fn set_length(headers: &mut HeaderMap, len: usize) {
+    headers.remove(header::TRANSFER_ENCODING);
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+}
+
+fn is_form(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or_default().trim())
+        .is_some_and(|v| v.eq_ignore_ascii_case("application/x-www-form-urlencoded"))
+}
+
+fn with_query(uri: &Uri, query: &[u8]) -> Option<Uri> {
+    let query = std::str::from_utf8(query).ok()?;
+    let path_and_query = if query.is_empty() {
+        uri.path().to_owned()
+    } else {
+        format!("{}?{query}", uri.path())
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(PathAndQuery::try_from(path_and_query).ok()?);
+    Uri::from_parts(parts).ok()
+}
+
+fn mint_handle() -> String {
+    let mut bytes = [0u8; 16];
+    rand::rng().fill_bytes(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Authorization endpoint
+
+/// The answer to a refused authorization request: a redirect to the client's configured
+/// redirect URI when it is known and matches, else a 400 page (HTML for browsers, JSON
+/// otherwise). Never a redirect to an unverified URI.
+fn authorize_refusal(
+    shared: &Shared,
+    reason: Reason,
+    params: Option<&AuthorizeParams>,
+    accept: Option<&HeaderValue>,
+) -> Response<Bytes> {
+    let redirect = params.and_then(|p| {
+        let registered = shared.config.redirect_uris.get(p.client_id.as_deref()?)?;
+        let target = match p.redirect_uri.as_deref() {
+            Some(uri) => registered.iter().find(|r| r.as_ref() == uri)?,
+            None if registered.len() == 1 => registered.first()?,
+            None => return None,
+        };
+        let in_fragment = authorize::error_in_fragment(p)?;
+        error::redirect(reason, target, p.state.as_deref(), in_fragment)
+    });
+    match redirect {
+        Some(response) => response,
+        None if error::prefers_html(accept) => error::html(reason),
+        None => error::json(reason),
+    }
+}
+
+/// Whether a live flow's record agrees with a request that re-enters it. A parameter absent
+/// from the re-entry (a legacy login page may rebuild the URL without it) does not override
+/// the record, whose challenge is what the code gets bound to.
+fn reentry_matches(
+    flow: &PendingFlow,
+    params: &AuthorizeParams,
+    allow_plain: bool,
+) -> Result<(), Reason> {
+    if params.challenge.is_some() || params.method.is_some() {
+        let challenge = authorize::check_pkce(params, allow_plain, false)?;
+        if challenge.as_ref() != flow.challenge() {
+            return Err(Reason::HandleMismatch);
+        }
+    }
+    if params
+        .client_id
+        .as_deref()
+        .is_some_and(|c| c != flow.client_id())
+    {
+        return Err(Reason::HandleMismatch);
+    }
+    if params.redirect_uri.is_some() && params.redirect_uri.as_deref() != flow.redirect_uri() {
+        return Err(Reason::HandleMismatch);
+    }
+    Ok(())
+}
+
+enum AuthorizeDecision {
+    /// Forward the request as it came.
+    Unchanged,
+    /// Forward with the client's state replaced by this handle.
+    Wrapped(String),
+}
+
+async fn decide_authorize(
+    shared: &Shared,
+    params: &AuthorizeParams,
+) -> Result<AuthorizeDecision, Reason> {
+    let config = &shared.config;
+    const EP: &str = "authorize";
+    let client = params.client_id.as_deref();
+    let Some(client_id) = client else {
+        return Err(Reason::MissingClientId);
+    };
+    let exempt = config.is_exempt(client_id);
+    if params.request_object {
+        if exempt {
+            allow(shared, EP, client, Pass::ExemptRequestObject, None);
+            return Ok(AuthorizeDecision::Unchanged);
+        }
+        return Err(Reason::RequestObject);
+    }
+    if let Some(state) = params
+        .state
+        .as_deref()
+        .filter(|s| redirect::is_handle(s.as_bytes()))
+    {
+        let live = shared
+            .store
+            .flow(StoreKey::for_handle(state))
+            .await
+            .map_err(|e| store_reason(&e))?;
+        if let Some(flow) = live {
+            reentry_matches(&flow, params, config.allow_plain)?;
+            allow(shared, EP, client, Pass::Reentry, None);
+            return Ok(AuthorizeDecision::Unchanged);
+        }
+    }
+    let challenge = authorize::check_pkce(params, config.allow_plain, exempt)?;
+    let pass = if challenge.is_some() {
+        Pass::FlowRecorded
+    } else {
+        Pass::UnboundFlowRecorded
+    };
+    let flow = PendingFlow::new(
+        challenge,
+        client_id,
+        params.redirect_uri.as_deref(),
+        params.state.as_deref(),
+    );
+    let handle = mint_handle();
+    match shared
+        .store
+        .create_flow(StoreKey::for_handle(&handle), flow, config.pending_ttl)
+        .await
+    {
+        Ok(true) => {}
+        // 128 random bits collided: never in practice; refuse rather than share a flow.
+        Ok(false) => return Err(Reason::StoreUnavailable),
+        Err(e) => return Err(store_reason(&e)),
+    }
+    allow(shared, EP, client, pass, None);
+    Ok(AuthorizeDecision::Wrapped(handle))
+}
+
+async fn authorize_request<S, ReqBody, ResBody>(
+    shared: Arc<Shared>,
+    mut inner: S,
+    req: Request<ReqBody>,
+) -> Result<Response<PkceBody<ResBody>>, S::Error>
+where
+    S: Service<Request<PkceBody<ReqBody>>, Response = Response<ResBody>>,
+    ReqBody: Body<Data = Bytes>,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    const EP: &str = "authorize";
+    let (mut parts, body) = req.into_parts();
+    let reads_body =
+        parts.method != Method::GET && parts.method != Method::HEAD && is_form(&parts.headers);
+    let accept = parts.headers.get(header::ACCEPT).cloned();
+    let (buffered, body) = if reads_body {
+        match read_body(&parts.headers, body, shared.config.max_body_bytes).await {
+            Ok(bytes) => (Some(bytes), None),
+            // The body is gone: even report mode cannot forward it.
+            Err(reason) => {
+                refuse(&shared, EP, None, reason, None);
+                return Ok(respond(authorize_refusal(
+                    &shared,
+                    reason,
+                    None,
+                    accept.as_ref(),
+                )));
+            }
+        }
+    } else {
+        (None, Some(body))
+    };
+    let forward_body = |bytes: Option<Bytes>, body: Option<ReqBody>| match (bytes, body) {
+        (Some(bytes), _) => PkceBody::full(bytes),
+        (None, Some(body)) => PkceBody::new(body),
+        (None, None) => PkceBody::full(Bytes::new()),
+    };
+
+    let query = parts.uri.query().unwrap_or_default().as_bytes();
+    let decision = match authorize::parse(query, buffered.as_deref()) {
+        Err(reason) => Err((reason, None)),
+        Ok(params) if !params.wants_code => Ok((AuthorizeDecision::Unchanged, params)),
+        Ok(params) => match decide_authorize(&shared, &params).await {
+            Ok(decision) => Ok((decision, params)),
+            Err(reason) => Err((reason, Some(params))),
+        },
+    };
+    let (decision, params) = match decision {
+        Ok(ok) => ok,
+        Err((reason, params)) => {
+            let client = params.as_ref().and_then(|p| p.client_id.as_deref());
+            if !refuse(&shared, EP, client, reason, None) {
+                let response = authorize_refusal(&shared, reason, params.as_ref(), accept.as_ref());
+                return Ok(respond(response));
+            }
+            (AuthorizeDecision::Unchanged, params.unwrap_or_default())
+        }
+    };
+
+    let mut buffered = buffered;
+    if let AuthorizeDecision::Wrapped(handle) = decision {
+        let pair = format!("state={handle}");
+        match params.state_at.clone() {
+            Some((Part::Body, span)) => {
+                if let Some(bytes) = buffered.as_ref() {
+                    buffered = Some(Bytes::from(params::splice(bytes, span, pair.as_bytes())));
+                }
+            }
+            at => {
+                let new_query = match at {
+                    Some((_, span)) => params::splice(query, span, pair.as_bytes()),
+                    None if query.is_empty() => pair.into_bytes(),
+                    None => [query, b"&", pair.as_bytes()].concat(),
+                };
+                match with_query(&parts.uri, &new_query) {
+                    Some(uri) => parts.uri = uri,
+                    None => {
+                        // Unreachable for a valid request URI; fail closed all the same.
+                        let response = authorize_refusal(
+                            &shared,
+                            Reason::MalformedParameter,
+                            None,
+                            accept.as_ref(),
+                        );
+                        return Ok(respond(response));
+                    }
+                }
+            }
+        }
+    }
+    if let Some(bytes) = &buffered {
+        set_length(&mut parts.headers, bytes.len());
+    }
+    let req = Request::from_parts(parts, forward_body(buffered, body));
+    let response = inner.call(req).await?;
+    Ok(finish_response(&shared, response, false).await)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Token endpoint
+
+/// A redemption the layer let through, to undo if the upstream issues no token.
+struct Redemption {
+    code: StoreKey,
+    client: String,
+}
+
+/// Applies the decision table to a token request for `grant_type=authorization_code`.
+async fn decide_token(
+    shared: &Shared,
+    code: StoreKey,
+    client: Option<&str>,
+    verifier: Option<&Result<CodeVerifier, ()>>,
+) -> Result<(Pass, Redemption), Reason> {
+    let config = &shared.config;
+    let store = &shared.store;
+    let record = store.code(code).await.map_err(|e| store_reason(&e))?;
+    let Some(record) = record else {
+        // Unknown: never seen, expired or lost. Fail closed, except for an exempt client
+        // redeeming without a verifier, whose codes may predate the layer.
+        if verifier.is_some() {
+            return Err(Reason::UnknownCode);
+        }
+        return match client.filter(|c| config.is_exempt(c)) {
+            Some(client) => {
+                let binding = CodeBinding::new(None, client);
+                match store
+                    .record_redemption(code, binding, config.code_ttl)
+                    .await
+                {
+                    Ok(true) => Ok((
+                        Pass::ExemptUnknownCode,
+                        Redemption {
+                            code,
+                            client: client.to_owned(),
+                        },
+                    )),
+                    Ok(false) => Err(Reason::CodeReused),
+                    Err(e) => Err(store_reason(&e)),
+                }
+            }
+            None => Err(Reason::UnknownCode),
+        };
+    };
+    match record.state() {
+        CodeState::Live => {}
+        CodeState::Redeemed => return Err(Reason::CodeReused),
+        _ => return Err(Reason::CodeBurned),
+    }
+    let binding = record.binding();
+    let refusal = match (client, binding.challenge()) {
+        (None, _) => Some(Reason::MissingClient),
+        (Some(c), _) if c != binding.client_id() => Some(Reason::WrongClient),
+        (Some(_), Some(challenge)) => match verifier {
+            None => Some(Reason::VerifierRequired),
+            Some(Err(())) => Some(Reason::MalformedVerifier),
+            Some(Ok(v)) if !challenge.verify(v) => Some(Reason::VerifierMismatch),
+            Some(Ok(_)) => None,
+        },
+        (Some(_), None) => verifier.map(|_| Reason::Downgrade),
+    };
+    if let Some(reason) = refusal {
+        // A refused attempt on a bound code counts towards burning it; under report mode the
+        // request is forwarded, so nothing is counted.
+        if binding.challenge().is_some() && config.mode == Mode::Enforce {
+            match store.record_failure(code, config.max_failed_attempts).await {
+                Ok(Some(CodeState::Burned)) => {
+                    log(
+                        "token",
+                        client,
+                        Outcome::Refused,
+                        "code_burned_now",
+                        Some(&code),
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => return Err(store_reason(&e)),
+            }
+        }
+        return Err(reason);
+    }
+    let pass = if verifier.is_some() {
+        Pass::Verified
+    } else {
+        Pass::UnboundRedeemed
+    };
+    match store.redeem(code).await {
+        Ok(true) => Ok((
+            pass,
+            Redemption {
+                code,
+                client: binding.client_id().to_owned(),
+            },
+        )),
+        // Another request redeemed it between our read and now.
+        Ok(false) => Err(Reason::CodeReused),
+        Err(e) => Err(store_reason(&e)),
+    }
+}
+
+/// Gives a code back to its bound state when the upstream issued no token for it.
+async fn undo_redemption(shared: &Shared, redemption: &Redemption) {
+    match shared.store.unredeem(redemption.code).await {
+        Ok(_) => allow(
+            shared,
+            "token",
+            Some(&redemption.client),
+            Pass::ReturnedToBound,
+            Some(&redemption.code),
+        ),
+        Err(e) => {
+            // The code stays redeemed: fail closed.
+            store_reason(&e);
+        }
+    }
+}
+
+async fn token_request<S, ReqBody, ResBody>(
+    shared: Arc<Shared>,
+    mut inner: S,
+    req: Request<ReqBody>,
+) -> Result<Response<PkceBody<ResBody>>, S::Error>
+where
+    S: Service<Request<PkceBody<ReqBody>>, Response = Response<ResBody>>,
+    ReqBody: Body<Data = Bytes>,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    const EP: &str = "token";
+    let (mut parts, body) = req.into_parts();
+    let refused = |reason: Reason,
+                   client: Option<&str>,
+                   code: Option<&StoreKey>|
+     -> Option<Response<PkceBody<ResBody>>> {
+        (!refuse(&shared, EP, client, reason, code)).then(|| respond(error::json(reason)))
+    };
+
+    if token::query_has_oauth_params(parts.uri.query().unwrap_or_default().as_bytes()) {
+        if let Some(response) = refused(Reason::ParametersInQuery, None, None) {
+            return Ok(response);
+        }
+    }
+    let bytes = match read_body(&parts.headers, body, shared.config.max_body_bytes).await {
+        Ok(bytes) => bytes,
+        Err(reason) => {
+            // The body is gone: even report mode cannot forward it.
+            refuse(&shared, EP, None, reason, None);
+            return Ok(respond(error::json(reason)));
+        }
+    };
+
+    let mut redemption = None;
+    let mut forward = bytes.clone();
+    let checked = check_token(&shared, &parts.headers, &bytes).await;
+    match checked {
+        Ok(TokenCheck::Other) => {}
+        Ok(TokenCheck::Redeem {
+            redemption: r,
+            form,
+        }) => {
+            redemption = Some(r);
+            if let Some(form) = form {
+                forward = form;
+                parts.headers.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/x-www-form-urlencoded"),
+                );
+            }
+        }
+        Err((reason, client, code)) => {
+            if let Some(response) = refused(reason, client.as_deref(), code.as_ref()) {
+                return Ok(response);
+            }
+        }
+    }
+    set_length(&mut parts.headers, forward.len());
+    let req = Request::from_parts(parts, PkceBody::full(forward));
+    let response = match inner.call(req).await {
+        Ok(response) => response,
+        Err(e) => {
+            if let Some(r) = &redemption {
+                undo_redemption(&shared, r).await;
+            }
+            return Err(e);
+        }
+    };
+    if let Some(r) = &redemption {
+        if !response.status().is_success() {
+            undo_redemption(&shared, r).await;
+        }
+    }
+    Ok(finish_response(&shared, response, false).await)
+}
+
+enum TokenCheck {
+    /// Not an authorization code grant: forwarded byte for byte.
+    Other,
+    /// An authorization code grant that passed, with the form to forward when the body was
+    /// JSON.
+    Redeem {
+        redemption: Redemption,
+        form: Option<Bytes>,
+    },
+}
+
+type TokenRefusal = (Reason, Option<String>, Option<StoreKey>);
+
+async fn check_token(
+    shared: &Shared,
+    headers: &HeaderMap,
+    bytes: &Bytes,
+) -> Result<TokenCheck, TokenRefusal> {
+    const EP: &str = "token";
+    let plain = |reason: Reason| (reason, None, None);
+    if bytes.is_empty() {
+        return Ok(TokenCheck::Other);
+    }
+    let format = token::body_format(headers.get(header::CONTENT_TYPE)).map_err(plain)?;
+    let converted = match format {
+        BodyFormat::Form => None,
+        BodyFormat::Json => Some(Bytes::from(token::json_to_form(bytes).map_err(plain)?)),
+    };
+    let form = converted.as_ref().unwrap_or(bytes);
+    let params = token::parse_form(form).map_err(plain)?;
+    if !params.authorization_code {
+        // Other grants pass byte for byte, JSON included.
+        return Ok(TokenCheck::Other);
+    }
+    let mut authorizations = headers.get_all(header::AUTHORIZATION).iter();
+    let basic = match (authorizations.next(), authorizations.next()) {
+        (None, _) => None,
+        (Some(value), None) => token::basic_client_id(value).map_err(plain)?,
+        (Some(_), Some(_)) => return Err(plain(Reason::MultipleClientAuth)),
+    };
+    let client = token::client_identity(&params, basic).map_err(plain)?;
+    let Some(code) = params.code.as_deref().map(StoreKey::for_code) else {
+        return Err((Reason::MissingCode, client, None));
+    };
+    let verifier = params
+        .verifier
+        .as_deref()
+        .map(|v| CodeVerifier::parse(v).map_err(|_| ()));
+    match decide_token(shared, code, client.as_deref(), verifier.as_ref()).await {
+        Ok((pass, redemption)) => {
+            allow(shared, EP, client.as_deref(), pass, Some(&code));
+            Ok(TokenCheck::Redeem {
+                redemption,
+                form: converted,
+            })
+        }
+        Err(reason) => Err((reason, client, Some(code))),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Responses
+
+/// Whether a response needs the layer's attention: a redirect that may carry one of our
+/// handles, or a discovery document. Allocation-free.
+pub(crate) fn needs_attention<B>(response: &Response<B>, metadata: bool) -> bool {
+    (metadata && response.status() == http::StatusCode::OK)
+        || (response.status().is_redirection()
+            && response
+                .headers()
+                .get(header::LOCATION)
+                .is_some_and(|l| redirect::may_carry_state(l.as_bytes())))
+}
+
+/// Binds a code delivered by redirect, or releases the flow on an error, and puts the
+/// client's own state back; rewrites discovery documents.
+pub(crate) async fn finish_response<B>(
+    shared: &Shared,
+    response: Response<B>,
+    metadata: bool,
+) -> Response<PkceBody<B>>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    if !needs_attention(&response, metadata) {
+        return response.map(PkceBody::new);
+    }
+    if metadata && response.status() == http::StatusCode::OK {
+        return rewrite_metadata(shared, response).await;
+    }
+    let mut response = response;
+    match capture_redirect(shared, response.headers_mut()).await {
+        Ok(()) => response.map(PkceBody::new),
+        Err(reason) => respond(error::html(reason)),
+    }
+}
+
+async fn capture_redirect(shared: &Shared, headers: &mut HeaderMap) -> Result<(), Reason> {
+    const EP: &str = "redirect";
+    let Some(location) = headers.get(header::LOCATION).and_then(|l| l.to_str().ok()) else {
+        return Ok(());
+    };
+    let Some(capture) = redirect::capture(location) else {
+        return Ok(());
+    };
+    let flow = match shared
+        .store
+        .take_flow(StoreKey::for_handle(capture.handle))
+        .await
+    {
+        Ok(Some(flow)) => flow,
+        // Not one of ours, or expired: the redirect passes as it is. A code in it is unknown
+        // to the layer, so it fails closed at the token endpoint.
+        Ok(None) => return Ok(()),
+        Err(e) => {
+            let reason = store_reason(&e);
+            if refuse(shared, EP, None, reason, None) {
+                return Ok(());
+            }
+            return Err(reason);
+        }
+    };
+    let client = Some(flow.client_id());
+    if let Some(code) = capture.code.as_deref() {
+        let key = StoreKey::for_code(code);
+        let binding = CodeBinding::new(flow.challenge().cloned(), flow.client_id());
+        let outcome = match shared
+            .store
+            .bind_code(key, binding, shared.config.code_ttl)
+            .await
+        {
+            Ok(true) => Ok(()),
+            // The upstream issued a code it issued before: refuse to guess which flow owns it.
+            Ok(false) => Err(Reason::StoreUnavailable),
+            Err(e) => Err(store_reason(&e)),
+        };
+        match outcome {
+            Ok(()) => allow(shared, EP, client, Pass::CodeBound, Some(&key)),
+            Err(reason) => {
+                if !refuse(shared, EP, client, reason, Some(&key)) {
+                    return Err(reason);
+                }
+            }
+        }
+    } else {
+        allow(shared, EP, client, Pass::ErrorReleased, None);
+    }
+    let restored = redirect::restore_state(location, &capture, flow.state());
+    match HeaderValue::from_str(&restored) {
+        Ok(value) => {
+            headers.insert(header::LOCATION, value);
+            Ok(())
+        }
+        Err(_) => Err(Reason::StoreUnavailable),
+    }
+}
+
+async fn rewrite_metadata<B>(shared: &Shared, response: Response<B>) -> Response<PkceBody<B>>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let encoded = response
+        .headers()
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|e| !e.as_bytes().eq_ignore_ascii_case(b"identity"));
+    let too_big = content_length(response.headers()).is_some_and(|n| n > MAX_METADATA_BYTES as u64);
+    if encoded || too_big {
+        tracing::warn!(target: "tower_pkce", encoded, too_big, "discovery document passed unchanged");
+        return response.map(PkceBody::new);
+    }
+    let (mut parts, body) = response.into_parts();
+    let bytes = match Limited::new(body, MAX_METADATA_BYTES).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => {
+            tracing::warn!(target: "tower_pkce", "discovery document unreadable");
+            let mut response = Response::new(Bytes::from_static(
+                b"{\"error\":\"server_error\",\"error_description\":\"the discovery document could not be read\"}",
+            ));
+            *response.status_mut() = http::StatusCode::BAD_GATEWAY;
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            return respond(response);
+        }
+    };
+    let Some(rewritten) = metadata::rewrite(&bytes, shared.config.methods()) else {
+        tracing::warn!(target: "tower_pkce", "discovery document is not a JSON object; passed unchanged");
+        set_length(&mut parts.headers, bytes.len());
+        return Response::from_parts(parts, PkceBody::full(bytes));
+    };
+    set_length(&mut parts.headers, rewritten.len());
+    parts.headers.remove(header::ETAG);
+    Response::from_parts(parts, PkceBody::full(Bytes::from(rewritten)))
+}

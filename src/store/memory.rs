@@ -1,0 +1,484 @@
+use std::future::{ready, Future};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+
+use super::{
+    ChallengeStore, CodeBinding, CodeRecord, CodeState, PendingFlow, StoreError, StoreKey,
+};
+
+/// Entries [`MemoryStore::new`] holds before it refuses new flows.
+pub const DEFAULT_CAPACITY: usize = 100_000;
+
+/// How often expired entries are swept out, at most.
+const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+
+/// When full, sweep again at most this often before refusing.
+const FULL_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The default [`ChallengeStore`]: everything in this process, in sharded concurrent maps.
+///
+/// - **Bounded.** Pending flows and code records together never exceed the capacity (plus
+///   the flows being turned into codes at that instant). When full, new flows are refused with
+///   [`StoreError::Full`] (the layer answers 503 with `Retry-After`); live entries are never
+///   evicted to make room.
+/// - **Expiry evicts.** An expired entry reads as absent and is removed when touched; every
+///   insert also sweeps all expired entries out at most every 30 seconds (and, when the store
+///   is full, at most every second before refusing). [`MemoryStore::purge_expired`] does it on
+///   demand.
+/// - **Atomic.** Each method is one step under the shard lock of its key; no lock is held
+///   across an `.await` (there is none).
+///
+/// Clones share the same maps.
+#[derive(Clone, Debug)]
+pub struct MemoryStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    flows: DashMap<StoreKey, Timed<PendingFlow>>,
+    codes: DashMap<StoreKey, Timed<CodeRecord>>,
+    len: AtomicUsize,
+    capacity: usize,
+    sweep_interval_ms: AtomicU64,
+    epoch: Instant,
+    /// Milliseconds after `epoch` of the last sweep.
+    last_sweep: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Timed<T> {
+    expires_at: Instant,
+    value: T,
+}
+
+impl<T> Timed<T> {
+    fn live(&self, now: Instant) -> bool {
+        self.expires_at > now
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStore {
+    /// A store holding at most [`DEFAULT_CAPACITY`] entries.
+    pub fn new() -> Self {
+        Self::with_capacity(DEFAULT_CAPACITY)
+    }
+
+    /// A store holding at most `capacity` entries (pending flows plus code records).
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                flows: DashMap::new(),
+                codes: DashMap::new(),
+                len: AtomicUsize::new(0),
+                capacity,
+                sweep_interval_ms: AtomicU64::new(DEFAULT_SWEEP_INTERVAL.as_millis() as u64),
+                epoch: Instant::now(),
+                last_sweep: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Sets the longest time between two sweeps of expired entries (default 30 seconds), for
+    /// this store and every clone of it.
+    #[must_use]
+    pub fn sweep_interval(self, interval: Duration) -> Self {
+        let ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
+        self.inner.sweep_interval_ms.store(ms, Ordering::Relaxed);
+        self
+    }
+
+    /// The capacity.
+    pub fn capacity(&self) -> usize {
+        self.inner.capacity
+    }
+
+    /// Entries held now, expired ones not yet swept included.
+    pub fn len(&self) -> usize {
+        self.inner.len.load(Ordering::Relaxed)
+    }
+
+    /// Whether the store holds no entries.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Removes every expired entry now; returns how many.
+    pub fn purge_expired(&self) -> usize {
+        self.inner.sweep(Instant::now())
+    }
+}
+
+impl Inner {
+    fn millis(&self, now: Instant) -> u64 {
+        u64::try_from(now.duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn sweep(&self, now: Instant) -> usize {
+        self.last_sweep.store(self.millis(now), Ordering::Relaxed);
+        let mut removed = 0;
+        self.flows.retain(|_, v| {
+            let keep = v.live(now);
+            removed += usize::from(!keep);
+            keep
+        });
+        self.codes.retain(|_, v| {
+            let keep = v.live(now);
+            removed += usize::from(!keep);
+            keep
+        });
+        self.len.fetch_sub(removed, Ordering::Relaxed);
+        removed
+    }
+
+    /// Sweeps if the last sweep is older than `interval`; only one caller wins the race.
+    fn sweep_if_due(&self, now: Instant, interval_ms: u64) {
+        let last = self.last_sweep.load(Ordering::Relaxed);
+        let now_ms = self.millis(now);
+        if now_ms.saturating_sub(last) >= interval_ms
+            && self
+                .last_sweep
+                .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.sweep(now);
+        }
+    }
+
+    /// Takes one slot of the capacity, sweeping once if the store looks full.
+    fn reserve(&self, now: Instant) -> Result<(), StoreError> {
+        self.sweep_if_due(now, self.sweep_interval_ms.load(Ordering::Relaxed));
+        for attempt in 0..2 {
+            if self.len.fetch_add(1, Ordering::Relaxed) < self.capacity {
+                return Ok(());
+            }
+            self.len.fetch_sub(1, Ordering::Relaxed);
+            if attempt == 0 {
+                self.sweep_if_due(now, FULL_SWEEP_INTERVAL.as_millis() as u64);
+            }
+        }
+        Err(StoreError::Full)
+    }
+
+    fn release(&self) {
+        self.len.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Inserts unless a live entry holds the key; an expired one is replaced. The slot must
+    /// have been reserved; it is given back when nothing was inserted or an expired entry was
+    /// replaced.
+    fn insert_reserved<T>(
+        &self,
+        map: &DashMap<StoreKey, Timed<T>>,
+        key: StoreKey,
+        value: T,
+        ttl: Duration,
+        now: Instant,
+    ) -> bool {
+        let timed = Timed {
+            expires_at: now + ttl,
+            value,
+        };
+        match map.entry(key) {
+            Entry::Vacant(slot) => {
+                slot.insert(timed);
+                true
+            }
+            Entry::Occupied(mut slot) if !slot.get().live(now) => {
+                slot.insert(timed);
+                self.release();
+                true
+            }
+            Entry::Occupied(_) => {
+                self.release();
+                false
+            }
+        }
+    }
+
+    fn take_flow(&self, key: StoreKey) -> Option<PendingFlow> {
+        let now = Instant::now();
+        let (_, timed) = self.flows.remove(&key)?;
+        self.release();
+        timed.live(now).then_some(timed.value)
+    }
+
+    fn flow(&self, key: StoreKey) -> Option<PendingFlow> {
+        let now = Instant::now();
+        let found = self
+            .flows
+            .get(&key)
+            .map(|t| t.live(now).then(|| t.value.clone()));
+        match found {
+            Some(Some(flow)) => Some(flow),
+            Some(None) => {
+                self.remove_expired(&self.flows, key, now);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn code(&self, key: StoreKey) -> Option<CodeRecord> {
+        let now = Instant::now();
+        let found = self
+            .codes
+            .get(&key)
+            .map(|t| t.live(now).then(|| t.value.clone()));
+        match found {
+            Some(Some(record)) => Some(record),
+            Some(None) => {
+                self.remove_expired(&self.codes, key, now);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn remove_expired<T>(&self, map: &DashMap<StoreKey, Timed<T>>, key: StoreKey, now: Instant) {
+        if map.remove_if(&key, |_, t| !t.live(now)).is_some() {
+            self.release();
+        }
+    }
+
+    /// Applies `change` to a live code record under its shard lock.
+    fn update_code<R>(
+        &self,
+        key: StoreKey,
+        change: impl FnOnce(&mut CodeRecord) -> R,
+    ) -> Option<R> {
+        let now = Instant::now();
+        let mut entry = self.codes.get_mut(&key)?;
+        if !entry.live(now) {
+            drop(entry);
+            self.remove_expired(&self.codes, key, now);
+            return None;
+        }
+        Some(change(&mut entry.value))
+    }
+}
+
+impl ChallengeStore for MemoryStore {
+    fn create_flow(
+        &self,
+        handle: StoreKey,
+        flow: PendingFlow,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        let inner = &self.inner;
+        let now = Instant::now();
+        ready(
+            inner
+                .reserve(now)
+                .map(|()| inner.insert_reserved(&inner.flows, handle, flow, ttl, now)),
+        )
+    }
+
+    fn flow(
+        &self,
+        handle: StoreKey,
+    ) -> impl Future<Output = Result<Option<PendingFlow>, StoreError>> + Send {
+        ready(Ok(self.inner.flow(handle)))
+    }
+
+    fn take_flow(
+        &self,
+        handle: StoreKey,
+    ) -> impl Future<Output = Result<Option<PendingFlow>, StoreError>> + Send {
+        ready(Ok(self.inner.take_flow(handle)))
+    }
+
+    fn bind_code(
+        &self,
+        code: StoreKey,
+        binding: CodeBinding,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        let inner = &self.inner;
+        // The flow this code comes from just gave its slot back: no capacity check.
+        inner.len.fetch_add(1, Ordering::Relaxed);
+        let record = CodeRecord::new(binding, CodeState::Live);
+        ready(Ok(inner.insert_reserved(
+            &inner.codes,
+            code,
+            record,
+            ttl,
+            Instant::now(),
+        )))
+    }
+
+    fn record_redemption(
+        &self,
+        code: StoreKey,
+        binding: CodeBinding,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        let inner = &self.inner;
+        let now = Instant::now();
+        let record = CodeRecord::new(binding, CodeState::Redeemed);
+        ready(
+            inner
+                .reserve(now)
+                .map(|()| inner.insert_reserved(&inner.codes, code, record, ttl, now)),
+        )
+    }
+
+    fn code(
+        &self,
+        code: StoreKey,
+    ) -> impl Future<Output = Result<Option<CodeRecord>, StoreError>> + Send {
+        ready(Ok(self.inner.code(code)))
+    }
+
+    fn redeem(&self, code: StoreKey) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        let won = self.inner.update_code(code, |record| match record.state {
+            CodeState::Live => {
+                record.state = CodeState::Redeemed;
+                true
+            }
+            _ => false,
+        });
+        ready(Ok(won.unwrap_or(false)))
+    }
+
+    fn unredeem(&self, code: StoreKey) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        let done = self.inner.update_code(code, |record| match record.state {
+            CodeState::Redeemed => {
+                record.state = CodeState::Live;
+                true
+            }
+            _ => false,
+        });
+        ready(Ok(done.unwrap_or(false)))
+    }
+
+    fn record_failure(
+        &self,
+        code: StoreKey,
+        max_failures: u32,
+    ) -> impl Future<Output = Result<Option<CodeState>, StoreError>> + Send {
+        let state = self.inner.update_code(code, |record| {
+            if record.state == CodeState::Live {
+                record.failures = record.failures.saturating_add(1);
+                if record.failures >= max_failures {
+                    record.state = CodeState::Burned;
+                }
+            }
+            record.state
+        });
+        ready(Ok(state))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flow(client: &str) -> PendingFlow {
+        PendingFlow::new(None, client, None, Some("s"))
+    }
+
+    fn binding() -> CodeBinding {
+        CodeBinding::new(None, "app")
+    }
+
+    const TTL: Duration = Duration::from_secs(60);
+
+    #[tokio::test]
+    async fn capacity_refuses_new_flows_and_never_evicts_live_ones() {
+        let store = MemoryStore::with_capacity(2);
+        let (a, b, c) = (
+            StoreKey::for_handle("a"),
+            StoreKey::for_handle("b"),
+            StoreKey::for_handle("c"),
+        );
+        assert!(store.create_flow(a, flow("1"), TTL).await.unwrap());
+        assert!(store.create_flow(b, flow("2"), TTL).await.unwrap());
+        assert!(matches!(
+            store.create_flow(c, flow("3"), TTL).await,
+            Err(StoreError::Full)
+        ));
+        assert!(store.flow(a).await.unwrap().is_some());
+        assert!(store.flow(b).await.unwrap().is_some());
+        assert_eq!(store.len(), 2);
+        // Taking a flow frees its slot.
+        assert!(store.take_flow(a).await.unwrap().is_some());
+        assert!(store.create_flow(c, flow("3"), TTL).await.unwrap());
+        // A tombstone for an unseen code needs a slot too.
+        assert!(matches!(
+            store
+                .record_redemption(StoreKey::for_code(b"x"), binding(), TTL)
+                .await,
+            Err(StoreError::Full)
+        ));
+    }
+
+    #[tokio::test]
+    async fn expired_entries_read_as_absent_and_are_evicted() {
+        let store = MemoryStore::with_capacity(10).sweep_interval(Duration::ZERO);
+        let short = Duration::from_millis(30);
+        let (a, code) = (StoreKey::for_handle("a"), StoreKey::for_code(b"c"));
+        assert!(store.create_flow(a, flow("1"), short).await.unwrap());
+        assert!(store.bind_code(code, binding(), short).await.unwrap());
+        assert_eq!(store.len(), 2);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(store.flow(a).await.unwrap().is_none());
+        assert!(store.code(code).await.unwrap().is_none());
+        assert!(!store.redeem(code).await.unwrap());
+        assert_eq!(store.len(), 0, "reads remove expired entries");
+
+        // A sweep removes entries nobody touches again.
+        for i in 0..5 {
+            let key = StoreKey::for_handle(&i.to_string());
+            assert!(store.create_flow(key, flow("1"), short).await.unwrap());
+        }
+        assert_eq!(store.len(), 5);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert_eq!(store.purge_expired(), 5);
+        assert_eq!(store.len(), 0);
+        assert!(store.inner.flows.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_full_store_sweeps_expired_entries_before_refusing() {
+        let store = MemoryStore::with_capacity(1).sweep_interval(Duration::from_secs(3600));
+        let short = Duration::from_millis(20);
+        assert!(store
+            .create_flow(StoreKey::for_handle("a"), flow("1"), short)
+            .await
+            .unwrap());
+        // Pretend the last sweep was long ago, as it would be in a long-running process.
+        store.inner.last_sweep.store(0, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert!(store
+            .create_flow(StoreKey::for_handle("b"), flow("2"), TTL)
+            .await
+            .unwrap());
+        assert_eq!(store.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn keys_are_not_overwritten() {
+        let store = MemoryStore::new();
+        let key = StoreKey::for_handle("a");
+        assert!(store.create_flow(key, flow("1"), TTL).await.unwrap());
+        assert!(!store.create_flow(key, flow("2"), TTL).await.unwrap());
+        assert_eq!(store.flow(key).await.unwrap().unwrap().client_id(), "1");
+        assert_eq!(store.len(), 1);
+        let code = StoreKey::for_code(b"c");
+        assert!(store.bind_code(code, binding(), TTL).await.unwrap());
+        assert!(!store.bind_code(code, binding(), TTL).await.unwrap());
+        assert!(!store.record_redemption(code, binding(), TTL).await.unwrap());
+        assert_eq!(store.len(), 2);
+    }
+}

@@ -1,0 +1,630 @@
+//! Where the layer keeps authorizations in progress and the codes bound to them.
+//!
+//! [`ChallengeStore`] is the interface; [`MemoryStore`] (the default) keeps everything in this
+//! process. A networked backend implements the same trait: every method is one atomic step on
+//! one key, so it maps to single commands or a short server-side script, and the records have a
+//! compact byte encoding ([`PendingFlow::encode`], [`CodeRecord::encode`]).
+//!
+//! The layer never loads a record and then deletes it: single-use steps ([`take_flow`],
+//! [`redeem`]) are atomic in the store.
+//!
+//! [`take_flow`]: ChallengeStore::take_flow
+//! [`redeem`]: ChallengeStore::redeem
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use sha2::{Digest as _, Sha256};
+
+use crate::pkce::CodeChallenge;
+
+mod memory;
+
+pub use memory::DEFAULT_CAPACITY;
+
+pub use memory::MemoryStore;
+
+/// The key of a record: the SHA-256 digest of a handle or of an authorization code, so a dump
+/// of the store yields no usable codes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StoreKey([u8; 32]);
+
+impl StoreKey {
+    /// The key of an authorization code (its decoded bytes).
+    pub fn for_code(code: &[u8]) -> Self {
+        Self(Sha256::digest(code).into())
+    }
+
+    /// The key of a correlation handle.
+    pub fn for_handle(handle: &str) -> Self {
+        Self(Sha256::digest(handle.as_bytes()).into())
+    }
+
+    /// The digest.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// The first 8 hex digits of the digest: enough to follow one code through the logs,
+    /// useless for redeeming it.
+    pub fn fingerprint(&self) -> String {
+        self.0.iter().take(4).map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl fmt::Debug for StoreKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StoreKey({}…)", self.fingerprint())
+    }
+}
+
+/// An authorization request the layer let through and is waiting to see a code for.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PendingFlow {
+    pub(crate) challenge: Option<CodeChallenge>,
+    pub(crate) client_id: Box<str>,
+    pub(crate) redirect_uri: Option<Box<str>>,
+    pub(crate) state: Option<Box<str>>,
+}
+
+impl PendingFlow {
+    /// A pending flow: the challenge (`None` for an exempt client's flow without one), the
+    /// client, its `redirect_uri` and its own `state`, if it sent them.
+    pub fn new(
+        challenge: Option<CodeChallenge>,
+        client_id: &str,
+        redirect_uri: Option<&str>,
+        state: Option<&str>,
+    ) -> Self {
+        Self {
+            challenge,
+            client_id: client_id.into(),
+            redirect_uri: redirect_uri.map(Into::into),
+            state: state.map(Into::into),
+        }
+    }
+
+    /// The challenge, or `None` for an exempt client's flow without one.
+    pub fn challenge(&self) -> Option<&CodeChallenge> {
+        self.challenge.as_ref()
+    }
+
+    /// The client that started the flow.
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    /// The `redirect_uri` of the authorization request, if it had one.
+    pub fn redirect_uri(&self) -> Option<&str> {
+        self.redirect_uri.as_deref()
+    }
+
+    /// The client's own `state`, restored in the redirect; `None` if it sent none.
+    pub fn state(&self) -> Option<&str> {
+        self.state.as_deref()
+    }
+
+    /// A compact byte encoding, for stores that keep bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(48 + self.client_id.len());
+        out.push(FORMAT_VERSION);
+        write_challenge(&mut out, self.challenge.as_ref());
+        write_str(&mut out, Some(&self.client_id));
+        write_str(&mut out, self.redirect_uri.as_deref());
+        write_str(&mut out, self.state.as_deref());
+        out
+    }
+
+    /// Reverses [`PendingFlow::encode`].
+    pub fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
+        let mut r = Reader::new(bytes)?;
+        let challenge = r.challenge()?;
+        let client_id = r.str()?.ok_or_else(corrupt)?;
+        let redirect_uri = r.str()?;
+        let state = r.str()?;
+        r.end()?;
+        Ok(Self {
+            challenge,
+            client_id,
+            redirect_uri,
+            state,
+        })
+    }
+}
+
+impl fmt::Debug for PendingFlow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PendingFlow")
+            .field("challenge", &self.challenge)
+            .field("client_id", &self.client_id)
+            .field("redirect_uri", &self.redirect_uri)
+            .field("state", &self.state.as_ref().map(|_| "[redacted]"))
+            .finish()
+    }
+}
+
+/// What a code is bound to: the challenge (or none, for an exempt client's flow) and the client
+/// it was issued to.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CodeBinding {
+    pub(crate) challenge: Option<CodeChallenge>,
+    pub(crate) client_id: Box<str>,
+}
+
+impl CodeBinding {
+    /// A binding of a code to a challenge (or none) and a client.
+    pub fn new(challenge: Option<CodeChallenge>, client_id: &str) -> Self {
+        Self {
+            challenge,
+            client_id: client_id.into(),
+        }
+    }
+
+    /// The challenge the verifier must match, or `None` if the code was issued without one.
+    pub fn challenge(&self) -> Option<&CodeChallenge> {
+        self.challenge.as_ref()
+    }
+
+    /// The client the code was issued to.
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+}
+
+impl fmt::Debug for CodeBinding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CodeBinding")
+            .field("challenge", &self.challenge)
+            .field("client_id", &self.client_id)
+            .finish()
+    }
+}
+
+/// Where a code is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CodeState {
+    /// Not redeemed yet.
+    Live,
+    /// Redeemed (or being redeemed): a tombstone until it expires.
+    Redeemed,
+    /// Burned after too many failed attempts.
+    Burned,
+}
+
+/// A code's binding and state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CodeRecord {
+    pub(crate) binding: CodeBinding,
+    pub(crate) state: CodeState,
+    pub(crate) failures: u32,
+}
+
+impl CodeRecord {
+    /// A fresh record in the given state, with no failed attempts.
+    pub fn new(binding: CodeBinding, state: CodeState) -> Self {
+        Self {
+            binding,
+            state,
+            failures: 0,
+        }
+    }
+
+    /// What the code is bound to.
+    pub fn binding(&self) -> &CodeBinding {
+        &self.binding
+    }
+
+    /// Where the code is in its life.
+    pub fn state(&self) -> CodeState {
+        self.state
+    }
+
+    /// Refused token requests for this code so far.
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    /// A compact byte encoding, for stores that keep bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(48 + self.binding.client_id.len());
+        out.push(FORMAT_VERSION);
+        write_challenge(&mut out, self.binding.challenge.as_ref());
+        write_str(&mut out, Some(&self.binding.client_id));
+        out.push(match self.state {
+            CodeState::Live => b'L',
+            CodeState::Redeemed => b'R',
+            CodeState::Burned => b'B',
+        });
+        out.extend_from_slice(&self.failures.to_be_bytes());
+        out
+    }
+
+    /// Reverses [`CodeRecord::encode`].
+    pub fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
+        let mut r = Reader::new(bytes)?;
+        let challenge = r.challenge()?;
+        let client_id = r.str()?.ok_or_else(corrupt)?;
+        let state = match r.byte()? {
+            b'L' => CodeState::Live,
+            b'R' => CodeState::Redeemed,
+            b'B' => CodeState::Burned,
+            _ => return Err(corrupt()),
+        };
+        let failures = u32::from_be_bytes(r.array()?);
+        r.end()?;
+        Ok(Self {
+            binding: CodeBinding {
+                challenge,
+                client_id,
+            },
+            state,
+            failures,
+        })
+    }
+}
+
+const FORMAT_VERSION: u8 = 1;
+
+fn write_challenge(out: &mut Vec<u8>, challenge: Option<&CodeChallenge>) {
+    match challenge {
+        Some(challenge) => challenge.write_to(out),
+        None => out.push(b'N'),
+    }
+}
+
+fn write_str(out: &mut Vec<u8>, value: Option<&str>) {
+    match value {
+        // Values longer than u32::MAX cannot reach a store: bodies are bounded far below.
+        Some(value) => {
+            out.push(1);
+            out.extend_from_slice(&(value.len() as u32).to_be_bytes());
+            out.extend_from_slice(value.as_bytes());
+        }
+        None => out.push(0),
+    }
+}
+
+fn corrupt() -> StoreError {
+    StoreError::backend("corrupt record")
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn new(bytes: &'a [u8]) -> Result<Self, StoreError> {
+        match bytes.split_first() {
+            Some((&FORMAT_VERSION, rest)) => Ok(Self(rest)),
+            _ => Err(corrupt()),
+        }
+    }
+
+    fn byte(&mut self) -> Result<u8, StoreError> {
+        let (&b, rest) = self.0.split_first().ok_or_else(corrupt)?;
+        self.0 = rest;
+        Ok(b)
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], StoreError> {
+        if self.0.len() < n {
+            return Err(corrupt());
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], StoreError> {
+        self.take(N)?.try_into().map_err(|_| corrupt())
+    }
+
+    fn challenge(&mut self) -> Result<Option<CodeChallenge>, StoreError> {
+        if self.0.first() == Some(&b'N') {
+            self.0 = self.0.get(1..).unwrap_or_default();
+            return Ok(None);
+        }
+        let (challenge, used) = CodeChallenge::read_from(self.0).ok_or_else(corrupt)?;
+        self.take(used)?;
+        Ok(Some(challenge))
+    }
+
+    fn str(&mut self) -> Result<Option<Box<str>>, StoreError> {
+        if self.byte()? == 0 {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes(self.array()?) as usize;
+        let bytes = self.take(len)?;
+        let value = std::str::from_utf8(bytes).map_err(|_| corrupt())?;
+        Ok(Some(value.into()))
+    }
+
+    fn end(&self) -> Result<(), StoreError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(corrupt())
+        }
+    }
+}
+
+/// A store failure. The layer fails closed on every one: `503 temporarily_unavailable`, and
+/// nothing is forwarded unverified.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The store is at capacity; live entries are never evicted to make room.
+    Full,
+    /// The backend failed (connection, protocol, corrupt data, …).
+    Backend(Box<dyn StdError + Send + Sync>),
+}
+
+impl StoreError {
+    /// A backend error from anything that converts into a boxed error.
+    pub fn backend(error: impl Into<Box<dyn StdError + Send + Sync>>) -> Self {
+        Self::Backend(error.into())
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Full => f.write_str("challenge store is full"),
+            Self::Backend(e) => write!(f, "challenge store failed: {e}"),
+        }
+    }
+}
+
+impl StdError for StoreError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match self {
+            Self::Full => None,
+            Self::Backend(e) => Some(e.as_ref()),
+        }
+    }
+}
+
+/// Storage for pending flows (keyed by handle) and code records (keyed by code).
+///
+/// Every method is one atomic step on one key. Entries expire after the `ttl` they were
+/// created with; state changes keep that expiry. An expired entry must behave as absent, and
+/// must eventually be removed so memory is bounded.
+///
+/// Implementations must be cheap to share: the layer keeps one behind an `Arc` and every clone
+/// of the layer, and every service it makes, uses that one store.
+pub trait ChallengeStore: Send + Sync + 'static {
+    /// Records a new pending flow under `handle` unless one exists.
+    ///
+    /// Returns `Ok(false)` if the key is taken, and [`StoreError::Full`] at capacity.
+    fn create_flow(
+        &self,
+        handle: StoreKey,
+        flow: PendingFlow,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Reads a pending flow without consuming it.
+    fn flow(
+        &self,
+        handle: StoreKey,
+    ) -> impl Future<Output = Result<Option<PendingFlow>, StoreError>> + Send;
+
+    /// Removes and returns a pending flow, atomically: of concurrent calls, one gets it.
+    fn take_flow(
+        &self,
+        handle: StoreKey,
+    ) -> impl Future<Output = Result<Option<PendingFlow>, StoreError>> + Send;
+
+    /// Binds a code issued for a flow just taken: inserts a `Live` record with no failures
+    /// unless the code has a record already (`Ok(false)`). The flow's slot was just freed, so
+    /// this is not refused for capacity.
+    fn bind_code(
+        &self,
+        code: StoreKey,
+        binding: CodeBinding,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Records the redemption of a code the store never saw (an exempt client's), as a
+    /// `Redeemed` tombstone, unless the code has a record (`Ok(false)`). Refused with
+    /// [`StoreError::Full`] at capacity.
+    fn record_redemption(
+        &self,
+        code: StoreKey,
+        binding: CodeBinding,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Reads a code's record.
+    fn code(
+        &self,
+        code: StoreKey,
+    ) -> impl Future<Output = Result<Option<CodeRecord>, StoreError>> + Send;
+
+    /// Moves a code from `Live` to `Redeemed`, atomically: of concurrent calls, at most one
+    /// returns `Ok(true)`.
+    fn redeem(&self, code: StoreKey) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Moves a code from `Redeemed` back to `Live` (its failure count kept), when the upstream
+    /// issued no token for a redemption the layer let through. `Ok(false)` if it was not
+    /// `Redeemed`.
+    fn unredeem(&self, code: StoreKey) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Counts one refused attempt on a `Live` code; when the count reaches `max_failures` it
+    /// becomes `Burned`. Returns the new state, or `None` if the code has no record. Other
+    /// states are left as they are and returned.
+    fn record_failure(
+        &self,
+        code: StoreKey,
+        max_failures: u32,
+    ) -> impl Future<Output = Result<Option<CodeState>, StoreError>> + Send;
+}
+
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The object-safe mirror of [`ChallengeStore`] that the layer holds behind an `Arc`.
+pub(crate) trait DynStore: Send + Sync + 'static {
+    fn create_flow(
+        &self,
+        handle: StoreKey,
+        flow: PendingFlow,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<bool, StoreError>>;
+    fn flow(&self, handle: StoreKey) -> BoxFuture<'_, Result<Option<PendingFlow>, StoreError>>;
+    fn take_flow(&self, handle: StoreKey)
+        -> BoxFuture<'_, Result<Option<PendingFlow>, StoreError>>;
+    fn bind_code(
+        &self,
+        code: StoreKey,
+        binding: CodeBinding,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<bool, StoreError>>;
+    fn record_redemption(
+        &self,
+        code: StoreKey,
+        binding: CodeBinding,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<bool, StoreError>>;
+    fn code(&self, code: StoreKey) -> BoxFuture<'_, Result<Option<CodeRecord>, StoreError>>;
+    fn redeem(&self, code: StoreKey) -> BoxFuture<'_, Result<bool, StoreError>>;
+    fn unredeem(&self, code: StoreKey) -> BoxFuture<'_, Result<bool, StoreError>>;
+    fn record_failure(
+        &self,
+        code: StoreKey,
+        max_failures: u32,
+    ) -> BoxFuture<'_, Result<Option<CodeState>, StoreError>>;
+}
+
+impl<T: ChallengeStore> DynStore for T {
+    fn create_flow(
+        &self,
+        handle: StoreKey,
+        flow: PendingFlow,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(ChallengeStore::create_flow(self, handle, flow, ttl))
+    }
+    fn flow(&self, handle: StoreKey) -> BoxFuture<'_, Result<Option<PendingFlow>, StoreError>> {
+        Box::pin(ChallengeStore::flow(self, handle))
+    }
+    fn take_flow(
+        &self,
+        handle: StoreKey,
+    ) -> BoxFuture<'_, Result<Option<PendingFlow>, StoreError>> {
+        Box::pin(ChallengeStore::take_flow(self, handle))
+    }
+    fn bind_code(
+        &self,
+        code: StoreKey,
+        binding: CodeBinding,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(ChallengeStore::bind_code(self, code, binding, ttl))
+    }
+    fn record_redemption(
+        &self,
+        code: StoreKey,
+        binding: CodeBinding,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(ChallengeStore::record_redemption(self, code, binding, ttl))
+    }
+    fn code(&self, code: StoreKey) -> BoxFuture<'_, Result<Option<CodeRecord>, StoreError>> {
+        Box::pin(ChallengeStore::code(self, code))
+    }
+    fn redeem(&self, code: StoreKey) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(ChallengeStore::redeem(self, code))
+    }
+    fn unredeem(&self, code: StoreKey) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(ChallengeStore::unredeem(self, code))
+    }
+    fn record_failure(
+        &self,
+        code: StoreKey,
+        max_failures: u32,
+    ) -> BoxFuture<'_, Result<Option<CodeState>, StoreError>> {
+        Box::pin(ChallengeStore::record_failure(self, code, max_failures))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pkce::ChallengeMethod;
+
+    fn s256() -> CodeChallenge {
+        CodeChallenge::parse(
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+            ChallengeMethod::S256,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn flows_round_trip() {
+        let flows = [
+            PendingFlow {
+                challenge: Some(s256()),
+                client_id: "app".into(),
+                redirect_uri: Some("https://app.example/cb".into()),
+                state: Some("xyz é".into()),
+            },
+            PendingFlow {
+                challenge: None,
+                client_id: "svc".into(),
+                redirect_uri: None,
+                state: None,
+            },
+            PendingFlow {
+                challenge: Some(
+                    CodeChallenge::parse(&"p".repeat(60), ChallengeMethod::Plain).unwrap(),
+                ),
+                client_id: "".into(),
+                redirect_uri: None,
+                state: Some("".into()),
+            },
+        ];
+        for flow in flows {
+            let bytes = flow.encode();
+            assert_eq!(PendingFlow::decode(&bytes).unwrap(), flow);
+            // Every truncation is refused, never misread.
+            for cut in 0..bytes.len() {
+                assert!(PendingFlow::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+            }
+            let mut longer = bytes.clone();
+            longer.push(0);
+            assert!(PendingFlow::decode(&longer).is_err());
+        }
+    }
+
+    #[test]
+    fn code_records_round_trip() {
+        for (state, failures) in [
+            (CodeState::Live, 0),
+            (CodeState::Live, 4),
+            (CodeState::Redeemed, 2),
+            (CodeState::Burned, 5),
+        ] {
+            for challenge in [Some(s256()), None] {
+                let mut record = CodeRecord::new(CodeBinding::new(challenge, "app"), state);
+                record.failures = failures;
+                let bytes = record.encode();
+                assert_eq!(CodeRecord::decode(&bytes).unwrap(), record);
+                for cut in 0..bytes.len() {
+                    assert!(CodeRecord::decode(&bytes[..cut]).is_err());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn keys_are_digests_and_debug_shows_a_fingerprint_only() {
+        let key = StoreKey::for_code(b"SplxlOBeZQQYbYS6WxSbIA");
+        assert_eq!(key, StoreKey::for_code(b"SplxlOBeZQQYbYS6WxSbIA"));
+        assert_ne!(key, StoreKey::for_code(b"other"));
+        assert_eq!(key.fingerprint().len(), 8);
+        assert!(!format!("{key:?}").contains("Splx"));
+    }
+}
