@@ -1,0 +1,303 @@
+//! Secrets never reach the logs; store failures fail closed.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use support::*;
+use tower_pkce::store::{CodeBinding, CodeRecord, CodeState, PendingFlow, StoreKey};
+use tower_pkce::{ChallengeStore, MemoryStore, PkceLayer, Reason, StoreError};
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn no_secret_reaches_the_logs_at_trace_level() {
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let legacy = Legacy::default();
+    let app = legacy
+        .router()
+        .layer(PkceLayer::new().exempt_client(CONFIDENTIAL));
+    let mut secrets: Vec<String> = vec![CONFIDENTIAL_SECRET.into()];
+
+    // A successful flow with a state worth hiding, then failures of every kind.
+    let pkce = Pkce::new();
+    let state = "csrf-token-8c1f2e";
+    let params = browser_flow(
+        &app,
+        &authorize_query(CLIENT, REDIRECT, Some(state), Some(&pkce.challenge)),
+    )
+    .await;
+    let code = params["code"].clone();
+    secrets.extend([code.clone(), pkce.verifier.clone(), state.to_owned()]);
+    let wrong = Pkce::new();
+    secrets.push(wrong.verifier.clone());
+    assert_eq!(
+        redeem(&app, &code, Some(&wrong.verifier), CLIENT)
+            .await
+            .status(),
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        redeem(&app, &code, Some(&pkce.verifier), CLIENT)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        redeem(&app, &code, Some(&pkce.verifier), CLIENT)
+            .await
+            .status(),
+        StatusCode::BAD_REQUEST
+    );
+
+    // An exempt client with a secret in the body and by Basic, and a downgrade attempt.
+    let params = browser_flow(
+        &app,
+        &authorize_query(CONFIDENTIAL, CONFIDENTIAL_REDIRECT, None, None),
+    )
+    .await;
+    secrets.push(params["code"].clone());
+    let response = app
+        .send(token_request(&[
+            ("grant_type", "authorization_code"),
+            ("code", &params["code"]),
+            ("client_id", CONFIDENTIAL),
+            ("client_secret", CONFIDENTIAL_SECRET),
+            ("code_verifier", &wrong.verifier),
+        ]))
+        .await;
+    assert_eq!(
+        response.extensions().get::<Reason>(),
+        Some(&Reason::Downgrade)
+    );
+    let mut req = token_request(&[
+        ("grant_type", "authorization_code"),
+        ("code", &params["code"]),
+    ]);
+    let basic = format!(
+        "Basic {}",
+        STANDARD.encode(format!("{CONFIDENTIAL}:{CONFIDENTIAL_SECRET}"))
+    );
+    req.headers_mut()
+        .insert(header::AUTHORIZATION, basic.parse().unwrap());
+    assert_eq!(
+        app.send(req).await.status(),
+        StatusCode::UNAUTHORIZED,
+        "legacy wants the secret in the body"
+    );
+    // JSON, a malformed body, an unknown code and a refresh grant.
+    let json = serde_json::json!({"grant_type":"authorization_code","code":"json-code-secret-1","client_id":CLIENT,"code_verifier":pkce.verifier});
+    secrets.push("json-code-secret-1".into());
+    let req = Request::post("/token")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(json.to_string()))
+        .unwrap();
+    app.send(req).await;
+    app.send(form_post(
+        "/token",
+        "grant_type=refresh_token&refresh_token=rt-secret-refresh",
+    ))
+    .await;
+    secrets.push("rt-secret-refresh".into());
+    secrets.extend(legacy.issued.lock().unwrap().iter().cloned());
+
+    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    // The decisions are there…
+    for expected in [
+        "flow_recorded",
+        "code_bound",
+        "verifier_mismatch",
+        "verified",
+        "code_reused",
+        "downgrade",
+        "client_id",
+    ] {
+        assert!(
+            logs.contains(expected),
+            "missing {expected} in logs:\n{logs}"
+        );
+    }
+    // …and not one secret.
+    for secret in &secrets {
+        assert!(
+            !logs.contains(secret.as_str()),
+            "secret {secret:?} leaked into logs:\n{logs}"
+        );
+    }
+}
+
+/// A store that delegates to a `MemoryStore` until it is told to fail.
+#[derive(Clone, Default)]
+struct Flaky {
+    inner: MemoryStore,
+    down: Arc<AtomicBool>,
+}
+
+impl Flaky {
+    fn check(&self) -> Result<(), StoreError> {
+        if self.down.load(Ordering::SeqCst) {
+            Err(StoreError::backend("connection refused"))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl ChallengeStore for Flaky {
+    async fn create_flow(
+        &self,
+        h: StoreKey,
+        f: PendingFlow,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.check()?;
+        self.inner.create_flow(h, f, ttl).await
+    }
+    async fn flow(&self, h: StoreKey) -> Result<Option<PendingFlow>, StoreError> {
+        self.check()?;
+        self.inner.flow(h).await
+    }
+    async fn take_flow(&self, h: StoreKey) -> Result<Option<PendingFlow>, StoreError> {
+        self.check()?;
+        self.inner.take_flow(h).await
+    }
+    async fn bind_code(
+        &self,
+        c: StoreKey,
+        b: CodeBinding,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.check()?;
+        self.inner.bind_code(c, b, ttl).await
+    }
+    async fn record_redemption(
+        &self,
+        c: StoreKey,
+        b: CodeBinding,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.check()?;
+        self.inner.record_redemption(c, b, ttl).await
+    }
+    async fn code(&self, c: StoreKey) -> Result<Option<CodeRecord>, StoreError> {
+        self.check()?;
+        self.inner.code(c).await
+    }
+    async fn redeem(&self, c: StoreKey) -> Result<bool, StoreError> {
+        self.check()?;
+        self.inner.redeem(c).await
+    }
+    async fn unredeem(&self, c: StoreKey) -> Result<bool, StoreError> {
+        self.check()?;
+        self.inner.unredeem(c).await
+    }
+    async fn record_failure(&self, c: StoreKey, max: u32) -> Result<Option<CodeState>, StoreError> {
+        self.check()?;
+        self.inner.record_failure(c, max).await
+    }
+}
+
+#[tokio::test]
+async fn store_failures_fail_closed() {
+    let store = Flaky::default();
+    let legacy = Legacy::default();
+    let layer = PkceLayer::new()
+        .exempt_client(CONFIDENTIAL)
+        .with_store(store.clone());
+    let app = legacy.router().layer(layer.clone());
+    let (code, pkce) = code_for(&app, CLIENT, REDIRECT).await;
+
+    store.down.store(true, Ordering::SeqCst);
+    // Token: 503, nothing forwarded, even with the right verifier or for an exempt client.
+    let response = redeem(&app, &code, Some(&pkce.verifier), CLIENT).await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(json_body(&response)["error"], "temporarily_unavailable");
+    assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+    let exempt = token_request(&[
+        ("grant_type", "authorization_code"),
+        ("code", "c"),
+        ("client_id", CONFIDENTIAL),
+        ("client_secret", CONFIDENTIAL_SECRET),
+    ]);
+    assert_eq!(
+        app.send(exempt).await.status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert!(legacy.token_bodies.lock().unwrap().is_empty());
+    // Authorize: 503, not forwarded unrecorded.
+    let pkce2 = Pkce::new();
+    let response = app
+        .send(get(&format!(
+            "/authorize?{}",
+            authorize_query(CLIENT, REDIRECT, Some("s"), Some(&pkce2.challenge))
+        )))
+        .await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        response.extensions().get::<Reason>(),
+        Some(&Reason::StoreUnavailable)
+    );
+    // Pass-through traffic keeps flowing.
+    assert_eq!(app.send(get("/resource")).await.status(), StatusCode::OK);
+
+    // A redirect carrying a code while the store is down: the code is not delivered unbound.
+    store.down.store(false, Ordering::SeqCst);
+    let first = app
+        .send(get(&format!(
+            "/authorize?{}",
+            authorize_query(CLIENT, REDIRECT, Some("s"), Some(&pkce2.challenge))
+        )))
+        .await;
+    let next = query_of(&location(&first)).remove("next").unwrap();
+    let signed_in = app
+        .send(form_post(
+            "/login",
+            &format!("user=alice&next={}", urlencode(&next)),
+        ))
+        .await;
+    let mut req = get(&location(&signed_in));
+    req.headers_mut()
+        .insert(header::COOKIE, "sid=alice".parse().unwrap());
+    store.down.store(true, Ordering::SeqCst);
+    let done = app.send(req).await;
+    assert_eq!(done.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(!done.headers().contains_key(header::LOCATION));
+
+    // Back up: the first code still redeems, exactly once.
+    store.down.store(false, Ordering::SeqCst);
+    assert_eq!(
+        redeem(&app, &code, Some(&pkce.verifier), CLIENT)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(layer.metrics().refused(Reason::StoreUnavailable), 4);
+}
