@@ -4,6 +4,8 @@
 //! plays one PKCE flow and one stolen-code attack against it with a real HTTP client, prints
 //! each step, and exits. Pass `--serve` to keep serving on 127.0.0.1:3000 afterwards.
 
+#![allow(clippy::unwrap_used)] // the demo server's mutex is never poisoned
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 

@@ -205,11 +205,11 @@ async fn oversized_and_chunked_bodies() {
     assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
 }
 
+type Frames = std::vec::IntoIter<Result<hyper::body::Frame<Bytes>, Infallible>>;
+
 fn futures_stream(
     chunks: Vec<Bytes>,
-) -> http_body_util::StreamBody<
-    tokio_stream_shim::Iter<std::vec::IntoIter<Result<hyper::body::Frame<Bytes>, Infallible>>>,
-> {
+) -> http_body_util::StreamBody<tokio_stream_shim::Iter<Frames>> {
     let frames: Vec<Result<hyper::body::Frame<Bytes>, Infallible>> = chunks
         .into_iter()
         .map(|c| Ok(hyper::body::Frame::data(c)))
