@@ -805,11 +805,8 @@ async fn capture_redirect(shared: &Shared, headers: &mut HeaderMap) -> Result<()
     let Some(capture) = redirect::capture(location) else {
         return Ok(());
     };
-    let flow = match shared
-        .store
-        .take_flow(StoreKey::for_handle(capture.handle))
-        .await
-    {
+    let handle = StoreKey::for_handle(capture.handle);
+    let flow = match shared.store.take_flow(handle).await {
         Ok(Some(flow)) => flow,
         // Not one of ours, or expired: the redirect passes as it is. A code in it is unknown
         // to the layer, so it fails closed at the token endpoint.
@@ -823,6 +820,17 @@ async fn capture_redirect(shared: &Shared, headers: &mut HeaderMap) -> Result<()
         }
     };
     let client = Some(flow.client_id());
+    if !redirect::targets(location, flow.redirect_uri()) {
+        // Not the flow's redirect URI: some other redirect of the upstream's (an open
+        // redirector, say) echoing a handle. Put the flow back untouched rather than bind a
+        // code someone else chose to another user's flow.
+        tracing::warn!(target: "tower_pkce", client_id = ?flow.client_id(), "redirect with a live handle to another URI ignored");
+        let ttl = shared.config.pending_ttl;
+        return match shared.store.create_flow(handle, flow, ttl).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(store_reason(&e)),
+        };
+    }
     if let Some(code) = capture.code.as_deref() {
         let key = StoreKey::for_code(code);
         let binding = CodeBinding::new(flow.challenge().cloned(), flow.client_id());

@@ -997,3 +997,46 @@ async fn every_route_shares_one_store() {
     );
     let _ = pkce;
 }
+
+#[tokio::test]
+async fn a_handle_echoed_by_another_redirect_does_not_capture_the_flow() {
+    let (app, _) = build(&layer());
+    let pkce = Pkce::new();
+    let query = authorize_query(CLIENT, REDIRECT, Some("victim"), Some(&pkce.challenge));
+    let first = app.send(get(&format!("/authorize?{query}"))).await;
+    let next = query_of(&location(&first)).remove("next").unwrap();
+    let handle = form_urlencoded::parse(next.split_once('?').unwrap().1.as_bytes())
+        .find(|(k, _)| k == "state")
+        .unwrap()
+        .1
+        .into_owned();
+    // Someone who learned the handle bounces it, with a code of their choosing, off an open
+    // redirector of the legacy app.
+    let target = format!("https://evil.example/cb?code=attacker-code&state={handle}");
+    let bounced = app
+        .send(get(&format!("/go?to={}", urlencode(&target))))
+        .await;
+    assert_eq!(location(&bounced), target, "passed unchanged");
+    assert_refused(
+        &redeem(&app, "attacker-code", Some(&pkce.verifier), CLIENT).await,
+        Reason::UnknownCode,
+    );
+    // The victim's flow is intact and completes.
+    let signed_in = app
+        .send(form_post(
+            "/login",
+            &format!("user=alice&next={}", urlencode(&next)),
+        ))
+        .await;
+    let mut req = get(&location(&signed_in));
+    req.headers_mut()
+        .insert(header::COOKIE, "sid=alice".parse().unwrap());
+    let params = query_of(&location(&app.send(req).await));
+    assert_eq!(params["state"], "victim");
+    assert_eq!(
+        redeem(&app, &params["code"], Some(&pkce.verifier), CLIENT)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+}

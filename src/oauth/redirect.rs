@@ -25,6 +25,19 @@ pub(crate) fn may_carry_state(location: &[u8]) -> bool {
         .any(|w| w.eq_ignore_ascii_case(b"state="))
 }
 
+/// Whether `location` goes to `redirect_uri` (the one of the authorization request, if it had
+/// one): the same URI, followed by its query, its fragment or nothing. Without a recorded
+/// redirect URI any target is accepted (the upstream uses the registered one).
+pub(crate) fn targets(location: &str, redirect_uri: Option<&str>) -> bool {
+    let Some(uri) = redirect_uri else {
+        return true;
+    };
+    match location.strip_prefix(uri) {
+        Some(rest) => rest.is_empty() || rest.starts_with(['?', '&', '#']),
+        None => false,
+    }
+}
+
 /// An authorization response found in a `Location`.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Capture<'a> {
@@ -281,6 +294,43 @@ mod tests {
                 .map(|(_, v)| v.into_owned())
                 .collect();
             assert_eq!(got, vec![state.to_string()]);
+        }
+    }
+
+    #[test]
+    fn redirect_targets() {
+        let cases = [
+            (
+                "https://c.example/cb?code=x",
+                Some("https://c.example/cb"),
+                true,
+            ),
+            (
+                "https://c.example/cb#code=x",
+                Some("https://c.example/cb"),
+                true,
+            ),
+            (
+                "https://c.example/cb?a=1&code=x",
+                Some("https://c.example/cb?a=1"),
+                true,
+            ),
+            ("https://c.example/cb", Some("https://c.example/cb"), true),
+            (
+                "https://c.example/cbx?code=x",
+                Some("https://c.example/cb"),
+                false,
+            ),
+            (
+                "https://evil.example/?code=x",
+                Some("https://c.example/cb"),
+                false,
+            ),
+            ("/logout?next=x", Some("https://c.example/cb"), false),
+            ("anything", None, true),
+        ];
+        for (location, uri, expected) in cases {
+            assert_eq!(targets(location, uri), expected, "{location} {uri:?}");
         }
     }
 

@@ -64,6 +64,13 @@ impl Legacy {
             .route("/token", post(token))
             .route("/.well-known/openid-configuration", routing::get(discovery))
             .route("/resource", routing::get(|| async { "protected resource" }))
+            // An open redirector, as many legacy apps have one (a logout `next`, say).
+            .route(
+                "/go",
+                routing::get(|Query(q): Query<HashMap<String, String>>| async move {
+                    redirect(StatusCode::FOUND, q.get("to").map_or("/", String::as_str))
+                }),
+            )
             .route(
                 "/echo",
                 post(|headers: HeaderMap, body: Bytes| async move {
