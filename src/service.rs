@@ -27,6 +27,12 @@ use crate::BoxError;
 /// The largest discovery document the layer rewrites; larger ones pass unchanged.
 const MAX_METADATA_BYTES: usize = 1024 * 1024;
 
+/// Longest values a pending flow keeps, so an entry stays small whatever is sent: at most
+/// about 3.3 KiB of strings per flow.
+const MAX_CLIENT_ID_LEN: usize = 256;
+const MAX_REDIRECT_URI_LEN: usize = 2048;
+const MAX_STATE_LEN: usize = 1024;
+
 /// The service [`PkceLayer`] makes: enforces PKCE in front of `S`.
 ///
 /// Every refusal is a response (carrying its [`Reason`] in the extensions), so
@@ -88,7 +94,12 @@ fn classify(shared: &Shared, path: &str) -> Endpoint {
         Endpoint::Token
     } else if path::matches(path, &config.authorize_path) {
         Endpoint::Authorize
-    } else if path.contains("well-known") || path.contains('%') {
+    } else if path.contains('%')
+        || path
+            .as_bytes()
+            .windows(10)
+            .any(|w| w.eq_ignore_ascii_case(b"well-known"))
+    {
         // Cheap pre-check: only paths that could name a discovery document are compared.
         if metadata::PATHS.iter().any(|p| path::matches(path, p)) {
             Endpoint::Metadata
@@ -252,12 +263,23 @@ fn set_length(headers: &mut HeaderMap, len: usize) {
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
 }
 
-fn is_form(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or_default().trim())
-        .is_some_and(|v| v.eq_ignore_ascii_case("application/x-www-form-urlencoded"))
+/// Whether a body the layer read is framed so that it and the upstream read the same bytes:
+/// one `Content-Type` at most, and no `Content-Encoding` (a compressed body the layer cannot
+/// read might be decompressed and read by the upstream).
+fn plainly_framed(headers: &HeaderMap) -> bool {
+    headers.get_all(header::CONTENT_TYPE).iter().count() <= 1
+        && headers
+            .get_all(header::CONTENT_ENCODING)
+            .iter()
+            .all(|e| e.as_bytes().eq_ignore_ascii_case(b"identity"))
+}
+
+/// A form, or no content type at all (read as a form: the strict reading).
+fn is_form_or_untyped(headers: &HeaderMap) -> bool {
+    matches!(
+        token::body_format(headers.get(header::CONTENT_TYPE)),
+        Ok(BodyFormat::Form)
+    )
 }
 
 fn with_query(uri: &Uri, query: &[u8]) -> Option<Uri> {
@@ -307,31 +329,27 @@ fn authorize_refusal(
     }
 }
 
-/// Whether a live flow's record agrees with a request that re-enters it. A parameter absent
-/// from the re-entry (a legacy login page may rebuild the URL without it) does not override
-/// the record, whose challenge is what the code gets bound to.
+/// Whether a live flow's record agrees exactly with a request that re-enters it: the same
+/// challenge, client and redirect URI, each present or absent alike. Anything else reusing a
+/// live handle is an attempt on someone else's flow.
 fn reentry_matches(
     flow: &PendingFlow,
     params: &AuthorizeParams,
     allow_plain: bool,
 ) -> Result<(), Reason> {
-    if params.challenge.is_some() || params.method.is_some() {
-        let challenge = authorize::check_pkce(params, allow_plain, false)?;
-        if challenge.as_ref() != flow.challenge() {
-            return Err(Reason::HandleMismatch);
-        }
+    let challenge = if params.challenge.is_some() || params.method.is_some() {
+        authorize::check_pkce(params, allow_plain, false)?
+    } else {
+        None
+    };
+    let same = challenge.as_ref() == flow.challenge()
+        && params.client_id.as_deref() == Some(flow.client_id())
+        && params.redirect_uri.as_deref() == flow.redirect_uri();
+    if same {
+        Ok(())
+    } else {
+        Err(Reason::HandleMismatch)
     }
-    if params
-        .client_id
-        .as_deref()
-        .is_some_and(|c| c != flow.client_id())
-    {
-        return Err(Reason::HandleMismatch);
-    }
-    if params.redirect_uri.is_some() && params.redirect_uri.as_deref() != flow.redirect_uri() {
-        return Err(Reason::HandleMismatch);
-    }
-    Ok(())
 }
 
 enum AuthorizeDecision {
@@ -351,6 +369,12 @@ async fn decide_authorize(
     let Some(client_id) = client else {
         return Err(Reason::MissingClientId);
     };
+    let too_long = client_id.len() > MAX_CLIENT_ID_LEN
+        || params.redirect_uri.as_deref().map_or(0, str::len) > MAX_REDIRECT_URI_LEN
+        || params.state.as_deref().map_or(0, str::len) > MAX_STATE_LEN;
+    if too_long {
+        return Err(Reason::ParameterTooLong);
+    }
     let exempt = config.is_exempt(client_id);
     if params.request_object {
         if exempt {
@@ -416,11 +440,24 @@ where
 {
     const EP: &str = "authorize";
     let (mut parts, body) = req.into_parts();
-    let reads_body =
-        parts.method != Method::GET && parts.method != Method::HEAD && is_form(&parts.headers);
+    let reads_body = parts.method != Method::GET && parts.method != Method::HEAD;
     let accept = parts.headers.get(header::ACCEPT).cloned();
     let (buffered, body) = if reads_body {
-        match read_body(&parts.headers, body, shared.config.max_body_bytes).await {
+        let read = read_body(&parts.headers, body, shared.config.max_body_bytes)
+            .await
+            .and_then(|bytes| {
+                // A body the layer cannot read as a form is refused: an upstream that reads
+                // it anyway (JSON merged into params, multipart, compressed) would see
+                // parameters the layer did not.
+                let readable = bytes.is_empty()
+                    || (plainly_framed(&parts.headers) && is_form_or_untyped(&parts.headers));
+                if readable {
+                    Ok(bytes)
+                } else {
+                    Err(Reason::UnsupportedContentType)
+                }
+            });
+        match read {
             Ok(bytes) => (Some(bytes), None),
             // The body is gone: even report mode cannot forward it.
             Err(reason) => {
@@ -682,15 +719,8 @@ where
     }
     set_length(&mut parts.headers, forward.len());
     let req = Request::from_parts(parts, PkceBody::full(forward));
-    let response = match inner.call(req).await {
-        Ok(response) => response,
-        Err(e) => {
-            if let Some(r) = &redemption {
-                undo_redemption(&shared, r).await;
-            }
-            return Err(e);
-        }
-    };
+    // On a transport error the code stays redeemed: the upstream may have issued a token.
+    let response = inner.call(req).await?;
     if let Some(r) = &redemption {
         if !response.status().is_success() {
             undo_redemption(&shared, r).await;
@@ -721,6 +751,9 @@ async fn check_token(
     let plain = |reason: Reason| (reason, None, None);
     if bytes.is_empty() {
         return Ok(TokenCheck::Other);
+    }
+    if !plainly_framed(headers) {
+        return Err(plain(Reason::UnsupportedContentType));
     }
     let format = token::body_format(headers.get(header::CONTENT_TYPE)).map_err(plain)?;
     let converted = match format {
@@ -820,7 +853,12 @@ async fn capture_redirect(shared: &Shared, headers: &mut HeaderMap) -> Result<()
         }
     };
     let client = Some(flow.client_id());
-    if !redirect::targets(location, flow.redirect_uri()) {
+    let registered = shared
+        .config
+        .redirect_uris
+        .get(flow.client_id())
+        .map_or(&[][..], Vec::as_slice);
+    if !redirect::targets(location, flow.redirect_uri(), registered) {
         // Not the flow's redirect URI: some other redirect of the upstream's (an open
         // redirector, say) echoing a handle. Put the flow back untouched rather than bind a
         // code someone else chose to another user's flow.

@@ -487,7 +487,7 @@ async fn a_redemption_the_upstream_refuses_returns_the_code_to_bound() {
 async fn other_grants_pass_byte_for_byte() {
     let (app, legacy) = build(&layer());
     let bodies = [
-        "grant_type=refresh_token&refresh_token=rt-1&client_id=app&code_verifier=whatever",
+        "grant_type=refresh_token&refresh_token=rt-1&client_id=app",
         "grant_type=client_credentials&scope=a+b%20c",
     ];
     for body in bodies {
@@ -769,6 +769,12 @@ async fn a_live_handle_reused_with_other_parameters_is_refused() {
         .into_owned();
     let attacker = Pkce::new();
     let cases = [
+        // Without a challenge: an attacker signed in as themselves would get a code bound to
+        // the victim's challenge, delivered with the victim's state.
+        (
+            authorize_query(CLIENT, REDIRECT, Some(&handle), None),
+            Reason::HandleMismatch,
+        ),
         (
             authorize_query(CLIENT, REDIRECT, Some(&handle), Some(&attacker.challenge)),
             Reason::HandleMismatch,
@@ -1039,4 +1045,89 @@ async fn a_handle_echoed_by_another_redirect_does_not_capture_the_flow() {
             .status(),
         StatusCode::OK
     );
+}
+
+#[tokio::test]
+async fn token_bodies_a_lenient_upstream_reads_differently_are_refused() {
+    let (app, legacy) = build(&layer());
+    let (victim, _) = code_for(&app, CLIENT, REDIRECT).await;
+    let (decoy, decoy_pkce) = code_for(&app, CLIENT, REDIRECT).await;
+    let with_ct = |path: &str, ct: &str, extra: Option<(&str, &str)>, body: Vec<u8>| {
+        let mut req = Request::post(path).header(header::CONTENT_TYPE, ct);
+        if let Some((k, v)) = extra {
+            req = req.header(k, v);
+        }
+        req.body(Body::from(body)).unwrap()
+    };
+    let form = "application/x-www-form-urlencoded";
+    let cases: Vec<(Request<Body>, Reason)> = vec![
+        // No grant_type (some servers default it): read as a code grant.
+        (form_post("/token", &format!("code={victim}&client_id={CLIENT}")), Reason::VerifierRequired),
+        // Another grant carrying a code is read as a code grant too.
+        (form_post("/token", &format!("grant_type=refresh_token&code={victim}&client_id={CLIENT}")), Reason::VerifierRequired),
+        // Names PHP reads as grant_type / code.
+        (form_post("/token", &format!("grant.type=authorization_code&code={victim}&client_id={CLIENT}")), Reason::MalformedParameter),
+        (form_post("/token", &format!("+grant_type=authorization_code&code={victim}&client_id={CLIENT}")), Reason::MalformedParameter),
+        (
+            form_post("/token", &format!("grant_type=authorization_code&code={decoy}&code_verifier={}&client_id={CLIENT}&+code={victim}", decoy_pkce.verifier)),
+            Reason::MalformedParameter,
+        ),
+        // `;` as a separator, in the body or the query.
+        (form_post("/token", &format!("grant_type=authorization_code;code={victim};client_id={CLIENT}")), Reason::MalformedParameter),
+        (form_post(&format!("/token?x=1;grant_type=authorization_code;code={victim}"), ""), Reason::ParametersInQuery),
+        // A compressed body the layer cannot read, and two content types.
+        (with_ct("/token", form, Some(("content-encoding", "gzip")), vec![0x1f, 0x8b, 0, 1, 2]), Reason::UnsupportedContentType),
+        (with_ct("/token", form, Some(("content-type", "application/json")), format!("code={victim}").into_bytes()), Reason::UnsupportedContentType),
+        // A format suffix or a trailing dot on the path.
+        (form_post("/token.json", &format!("grant_type=authorization_code&code={victim}&client_id={CLIENT}")), Reason::VerifierRequired),
+        (form_post("/token.", &format!("grant_type=authorization_code&code={victim}&client_id={CLIENT}")), Reason::VerifierRequired),
+    ];
+    for (i, (req, expected)) in cases.into_iter().enumerate() {
+        let response = app.send(req).await;
+        assert_eq!(
+            reason(&response),
+            Some(expected),
+            "case {i}: {:?}",
+            response.body()
+        );
+    }
+    assert!(
+        legacy.token_bodies.lock().unwrap().is_empty(),
+        "nothing reached the upstream"
+    );
+}
+
+#[tokio::test]
+async fn authorize_bodies_that_are_not_forms_and_oversized_values_are_refused() {
+    let (app, _) = build(&layer());
+    let c = Pkce::new().challenge;
+    let query = authorize_query(CLIENT, REDIRECT, Some("s"), Some(&c));
+    let json = Request::post("/authorize")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(r#"{"response_type":"code","client_id":"app"}"#))
+        .unwrap();
+    assert_refused(&app.send(json).await, Reason::UnsupportedContentType);
+    let gzip = Request::post("/authorize")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(header::CONTENT_ENCODING, "gzip")
+        .body(Body::from(vec![0x1f, 0x8b, 0]))
+        .unwrap();
+    assert_refused(&app.send(gzip).await, Reason::UnsupportedContentType);
+    let long_state = authorize_query(CLIENT, REDIRECT, Some(&"s".repeat(2000)), Some(&c));
+    assert_refused(
+        &app.send(get(&format!("/authorize?{long_state}"))).await,
+        Reason::ParameterTooLong,
+    );
+    // An empty state pair is replaced, not duplicated, and the client gets no state back.
+    let pkce = Pkce::new();
+    let query_empty = format!(
+        "state=&{}",
+        authorize_query(CLIENT, REDIRECT, None, Some(&pkce.challenge))
+    );
+    let first = app.send(get(&format!("/authorize?{query_empty}"))).await;
+    let next = query_of(&location(&first)).remove("next").unwrap();
+    assert_eq!(next.matches("state=").count(), 1, "{next}");
+    let params = browser_flow(&app, &query_empty).await;
+    assert!(!params.contains_key("state"));
+    let _ = query;
 }

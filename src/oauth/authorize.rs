@@ -14,8 +14,9 @@ pub(crate) enum Part {
     Body,
 }
 
-/// The parameters of an authorization request that the layer reads.
-#[derive(Debug, Default)]
+/// The parameters of an authorization request that the layer reads. No `Debug`: `state` may
+/// be a secret of the client's.
+#[derive(Default)]
 pub(crate) struct AuthorizeParams {
     /// `response_type` contains `code` (compared without regard to case, so a lenient
     /// upstream cannot see a code flow the layer did not).
@@ -74,14 +75,17 @@ pub(crate) fn parse(query: &[u8], body: Option<&[u8]>) -> Result<AuthorizeParams
     let response_type = utf8(value("response_type"))?.unwrap_or_default();
     let tokens: Vec<&str> = response_type.split(' ').filter(|t| !t.is_empty()).collect();
     let wants_code = tokens.iter().any(|t| t.eq_ignore_ascii_case("code"));
-    let state_param = lookup("state").filter(|(_, p)| !p.value.is_empty());
+    // An empty `state` is no state, but its pair is still where the handle goes, so the
+    // upstream never sees two.
+    let state_pair = lookup("state");
+    let state_param = state_pair.filter(|(_, p)| !p.value.is_empty());
     Ok(AuthorizeParams {
         wants_code,
         hybrid: wants_code && tokens.len() > 1,
         client_id: utf8(value("client_id"))?,
         redirect_uri: utf8(value("redirect_uri"))?,
         state: utf8(state_param.map(|(_, p)| p.value.as_ref()))?,
-        state_at: state_param.map(|(part, p)| (part, p.span.clone())),
+        state_at: state_pair.map(|(part, p)| (part, p.span.clone())),
         challenge: utf8(value("code_challenge"))?,
         method: utf8(value("code_challenge_method"))?,
         response_mode: utf8(value("response_mode"))?,
@@ -216,10 +220,11 @@ mod tests {
         let p = parse(b"state=xyz&response_type=code", Some(b"client_id=a")).unwrap();
         assert_eq!(p.state_at, Some((Part::Query, 0..9)));
         let p = parse(b"state=&response_type=code", None).unwrap();
+        assert_eq!(p.state, None, "empty state is no state");
         assert_eq!(
-            (p.state, p.state_at),
-            (None, None),
-            "empty state is no state"
+            p.state_at,
+            Some((Part::Query, 0..6)),
+            "but its pair is replaced"
         );
     }
 

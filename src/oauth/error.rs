@@ -27,8 +27,11 @@ pub enum Reason {
     DuplicateParameter,
     /// An authorization request parameter was sent in both the query and the body.
     ParameterInQueryAndBody,
-    /// A parameter the layer must read is not valid UTF-8.
+    /// A parameter the layer must read is not valid UTF-8, or a token request parameter is
+    /// spelled or separated in a way servers read differently.
     MalformedParameter,
+    /// A `state`, `redirect_uri` or `client_id` longer than the layer keeps.
+    ParameterTooLong,
     /// The body's content type cannot be read (forms, and JSON at the token endpoint, can).
     UnsupportedContentType,
     /// The body could not be read, or did not parse.
@@ -127,9 +130,12 @@ impl Reason {
                 REQ,
                 "a parameter was sent in both the query string and the body",
             ),
-            Self::MalformedParameter => {
-                ("malformed_parameter", REQ, "a parameter is not valid UTF-8")
-            }
+            Self::MalformedParameter => ("malformed_parameter", REQ, "a parameter is malformed"),
+            Self::ParameterTooLong => (
+                "parameter_too_long",
+                REQ,
+                "state, redirect_uri or client_id is too long",
+            ),
             Self::UnsupportedContentType => (
                 "unsupported_content_type",
                 REQ,
@@ -197,7 +203,7 @@ impl Reason {
             Self::VerifierRequired => ("verifier_required", GRANT, "code_verifier is required"),
             Self::MalformedVerifier => (
                 "malformed_verifier",
-                REQ,
+                GRANT,
                 "code_verifier must be 43 to 128 characters of [A-Za-z0-9-._~]",
             ),
             Self::VerifierMismatch => (
@@ -244,10 +250,11 @@ impl Reason {
     }
 
     /// Every reason, for metrics.
-    pub(crate) const ALL: [Reason; 29] = [
+    pub(crate) const ALL: [Reason; 30] = [
         Self::DuplicateParameter,
         Self::ParameterInQueryAndBody,
         Self::MalformedParameter,
+        Self::ParameterTooLong,
         Self::UnsupportedContentType,
         Self::UnreadableBody,
         Self::BodyTooLarge,

@@ -6,8 +6,7 @@
 use std::borrow::Cow;
 use std::ops::Range;
 
-/// One `name=value` pair of a form-encoded input.
-#[derive(Debug)]
+/// One `name=value` pair of a form-encoded input. No `Debug`: values may be secrets.
 pub(crate) struct Param<'a> {
     /// The decoded name, ASCII-lowercased, with any `[...]` suffix removed.
     pub(crate) name: Cow<'a, str>,

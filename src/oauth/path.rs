@@ -1,6 +1,7 @@
 //! Endpoint matching that reads a request path as leniently as the laxest common router, so that
 //! `/Token`, `/token/`, `//token`, `/%74oken`, `/x/../token` and `/token;jsessionid=1` all count
-//! as the token endpoint. Matching too much only means inspecting more; matching too little
+//! as the token endpoint, and so do `/token.json` (a format suffix, as Rails and older Spring
+//! read it) and `/token.` (IIS drops trailing dots and spaces). Matching too much only means inspecting more; matching too little
 //! would let a request reach the upstream's handler unchecked.
 
 use std::borrow::Cow;
@@ -15,9 +16,19 @@ fn is_irregular(path: &str) -> bool {
         || bytes.first() != Some(&b'/')
 }
 
+/// The last segment without a `.suffix` (a segment that starts with `.` is kept whole).
+fn strip_suffix(path: &str) -> &str {
+    let start = path.rfind('/').map_or(0, |i| i + 1);
+    match path.get(start..).and_then(|segment| segment.find('.')) {
+        Some(dot) if dot > 0 => path.get(..start + dot).unwrap_or(path),
+        _ => path,
+    }
+}
+
 /// The canonical form of a path: percent-decoded, `\` read as `/`, matrix parameters
 /// (`;...`) dropped from every segment, empty and `.` segments removed, `..` resolved,
-/// no trailing slash, ASCII-lowercased.
+/// no trailing slash, trailing spaces and a `.suffix` dropped from the last segment,
+/// ASCII-lowercased.
 pub(crate) fn normalize(path: &str) -> String {
     let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
     let slashed: Cow<'_, str> = if decoded.contains('\\') {
@@ -34,6 +45,12 @@ pub(crate) fn normalize(path: &str) -> String {
                 segments.pop();
             }
             s => segments.push(s),
+        }
+    }
+    if let Some(last) = segments.last_mut() {
+        *last = strip_suffix(last.trim_end_matches([' ', '.']));
+        if last.is_empty() {
+            segments.pop();
         }
     }
     let mut out = String::with_capacity(path.len() + 1);
@@ -54,7 +71,7 @@ pub(crate) fn matches(path: &str, target: &str) -> bool {
     if is_irregular(path) {
         normalize(path) == target
     } else {
-        path.eq_ignore_ascii_case(target)
+        strip_suffix(path).eq_ignore_ascii_case(target)
     }
 }
 
@@ -81,6 +98,11 @@ mod tests {
             "\\token",
             "/%2Ftoken",
             "/../token",
+            "/token.json",
+            "/token.",
+            "/token%20",
+            "/token.%20",
+            "/Token.JSON/",
         ];
         for path in yes {
             assert!(matches(path, "/token"), "{path:?} should match /token");
@@ -108,6 +130,12 @@ mod tests {
             ("/a/b/../c", "/a/c"),
             ("/a;x=1/b;y", "/a/b"),
             ("/%7Euser", "/~user"),
+            ("/a/token.json", "/a/token"),
+            (
+                "/.well-known/openid-configuration",
+                "/.well-known/openid-configuration",
+            ),
+            ("/a/b.", "/a/b"),
         ];
         for (input, expected) in cases {
             assert_eq!(normalize(input), expected, "{input:?}");

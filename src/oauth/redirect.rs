@@ -25,21 +25,44 @@ pub(crate) fn may_carry_state(location: &[u8]) -> bool {
         .any(|w| w.eq_ignore_ascii_case(b"state="))
 }
 
-/// Whether `location` goes to `redirect_uri` (the one of the authorization request, if it had
-/// one): the same URI, followed by its query, its fragment or nothing. Without a recorded
-/// redirect URI any target is accepted (the upstream uses the registered one).
-pub(crate) fn targets(location: &str, redirect_uri: Option<&str>) -> bool {
-    let Some(uri) = redirect_uri else {
-        return true;
-    };
+/// Whether `location` goes to `uri`: the same URI, followed by its query, its fragment or
+/// nothing.
+fn goes_to(location: &str, uri: &str) -> bool {
     match location.strip_prefix(uri) {
         Some(rest) => rest.is_empty() || rest.starts_with(['?', '&', '#']),
         None => false,
     }
 }
 
-/// An authorization response found in a `Location`.
-#[derive(Debug, PartialEq, Eq)]
+/// Whether `location` starts with a URI scheme (`https:`, `com.example.app:`), as every
+/// redirect URI must (RFC 6749 §3.1.2); a relative or scheme-relative location is one of the
+/// upstream's own pages.
+fn is_absolute(location: &str) -> bool {
+    let Some((scheme, _)) = location.split_once(':') else {
+        return false;
+    };
+    scheme
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic())
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+}
+
+/// Whether a redirect carrying a flow's handle goes where that flow's response must go: to
+/// the authorization request's `redirect_uri`; without one, to one of the client's
+/// configured redirect URIs; without those, at least to an absolute URI (not to a page of the
+/// upstream's own, which may echo text an attacker chose).
+pub(crate) fn targets(location: &str, redirect_uri: Option<&str>, registered: &[Box<str>]) -> bool {
+    match redirect_uri {
+        Some(uri) => goes_to(location, uri),
+        None if !registered.is_empty() => registered.iter().any(|uri| goes_to(location, uri)),
+        None => is_absolute(location),
+    }
+}
+
+/// An authorization response found in a `Location`. No `Debug`: it holds the code.
 pub(crate) struct Capture<'a> {
     /// The handle in `state`.
     pub(crate) handle: &'a str,
@@ -299,38 +322,60 @@ mod tests {
 
     #[test]
     fn redirect_targets() {
-        let cases = [
+        let registered: Vec<Box<str>> = vec!["https://c.example/cb".into()];
+        let cases: &[(&str, Option<&str>, &[Box<str>], bool)] = &[
             (
                 "https://c.example/cb?code=x",
                 Some("https://c.example/cb"),
+                &[],
                 true,
             ),
             (
                 "https://c.example/cb#code=x",
                 Some("https://c.example/cb"),
+                &[],
                 true,
             ),
             (
                 "https://c.example/cb?a=1&code=x",
                 Some("https://c.example/cb?a=1"),
+                &[],
                 true,
             ),
-            ("https://c.example/cb", Some("https://c.example/cb"), true),
+            (
+                "https://c.example/cb",
+                Some("https://c.example/cb"),
+                &[],
+                true,
+            ),
             (
                 "https://c.example/cbx?code=x",
                 Some("https://c.example/cb"),
+                &[],
                 false,
             ),
             (
                 "https://evil.example/?code=x",
                 Some("https://c.example/cb"),
+                &[],
                 false,
             ),
-            ("/logout?next=x", Some("https://c.example/cb"), false),
-            ("anything", None, true),
+            ("/logout?next=x", Some("https://c.example/cb"), &[], false),
+            // No redirect_uri in the request: the configured ones, else any absolute URI.
+            ("https://c.example/cb?code=x", None, &registered, true),
+            ("https://evil.example/?code=x", None, &registered, false),
+            ("https://any.example/cb?code=x", None, &[], true),
+            ("com.example.app:/cb?code=x", None, &[], true),
+            ("/cb?code=x", None, &[], false),
+            ("//evil.example/cb?code=x", None, &[], false),
+            ("cb?code=x", None, &[], false),
         ];
-        for (location, uri, expected) in cases {
-            assert_eq!(targets(location, uri), expected, "{location} {uri:?}");
+        for (location, uri, registered, expected) in cases {
+            assert_eq!(
+                targets(location, *uri, registered),
+                *expected,
+                "{location} {uri:?}"
+            );
         }
     }
 

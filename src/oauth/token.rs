@@ -32,11 +32,31 @@ const BODY_ONLY: &[&str] = &[
     "scope",
 ];
 
-/// Whether a token request's query string carries OAuth parameters.
+/// A name as the laxest server reads it: PHP drops leading spaces and turns `.` and ` ` into
+/// `_`.
+fn lax_name(name: &str) -> String {
+    name.trim_start().replace(['.', ' '], "_")
+}
+
+/// Whether a parameter name is plain (`[A-Za-z0-9_-]`, after a `[...]` suffix is dropped).
+/// Anything else at the token endpoint may be read under another name by a lenient upstream.
+fn is_plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Whether a token request's query string carries OAuth parameters, however a lenient server
+/// might split or spell them (`;` as a separator, `grant.type` as `grant_type`).
 pub(crate) fn query_has_oauth_params(query: &[u8]) -> bool {
-    params::parse(query)
+    let split: Vec<u8> = query
         .iter()
-        .any(|p| BODY_ONLY.contains(&p.name.as_ref()))
+        .map(|&b| if b == b';' { b'&' } else { b })
+        .collect();
+    params::parse(&split)
+        .iter()
+        .any(|p| BODY_ONLY.contains(&lax_name(&p.name).as_str()))
 }
 
 /// How a token request body is encoded.
@@ -93,8 +113,7 @@ pub(crate) fn json_to_form(body: &[u8]) -> Result<Vec<u8>, Reason> {
     Ok(form.finish().into_bytes())
 }
 
-/// The token request parameters the layer reads.
-#[derive(Debug)]
+/// The token request parameters the layer reads. No `Debug`: it holds the code and verifier.
 pub(crate) struct TokenParams<'a> {
     /// `grant_type` is `authorization_code` (compared leniently: trimmed, any case).
     pub(crate) authorization_code: bool,
@@ -115,14 +134,28 @@ fn text(p: Option<&[u8]>) -> Result<Option<String>, Reason> {
 }
 
 /// Reads a form-encoded token request body. A repeated parameter is refused.
+///
+/// A raw `;` (some servers split on it; form encoders always escape it) and a parameter name
+/// that is not plain are refused, so no upstream can read a parameter the layer did not. A
+/// request is read as an authorization code grant unless it names another grant and carries
+/// no `code` or `code_verifier` (some servers default the grant).
 pub(crate) fn parse_form(body: &[u8]) -> Result<TokenParams<'_>, Reason> {
+    if body.contains(&b';') {
+        return Err(Reason::MalformedParameter);
+    }
     let list: Vec<Param<'_>> = params::parse(body);
+    if list.iter().any(|p| !is_plain_name(&p.name)) {
+        return Err(Reason::MalformedParameter);
+    }
     if params::first_duplicate(&list).is_some() {
         return Err(Reason::DuplicateParameter);
     }
     let grant = params::value(&list, "grant_type").unwrap_or_default();
     let grant = std::str::from_utf8(grant).unwrap_or_default().trim();
-    let authorization_code = grant.eq_ignore_ascii_case("authorization_code");
+    let carries_code =
+        params::find(&list, "code").is_some() || params::find(&list, "code_verifier").is_some();
+    let authorization_code =
+        grant.is_empty() || carries_code || grant.eq_ignore_ascii_case("authorization_code");
     let code = list
         .iter()
         .position(|p| p.name == "code" && !p.value.is_empty());
@@ -247,7 +280,11 @@ mod tests {
             ("grant_type=+authorization_code+", true),
             ("grant_type=refresh_token", false),
             ("grant_type=client_credentials", false),
-            ("", false),
+            // No grant, or another grant with a code: read as a code grant.
+            ("", true),
+            ("code=x", true),
+            ("grant_type=refresh_token&code=x", true),
+            ("grant_type=refresh_token&code_verifier=x", true),
         ];
         for (body, expected) in grants {
             assert_eq!(
@@ -271,6 +308,20 @@ mod tests {
             ),
             (b"code_verifier=%FF", Reason::MalformedParameter),
             (b"client_id=%FF", Reason::MalformedParameter),
+            (
+                b"grant.type=authorization_code&code=x",
+                Reason::MalformedParameter,
+            ),
+            (
+                b"+grant_type=authorization_code",
+                Reason::MalformedParameter,
+            ),
+            (
+                b"grant_type=authorization_code;code=x",
+                Reason::MalformedParameter,
+            ),
+            (b"a=1&=x", Reason::MalformedParameter),
+            (b"code%00=x", Reason::MalformedParameter),
         ];
         for (body, expected) in cases {
             assert_eq!(
@@ -399,6 +450,9 @@ mod tests {
             ("Code_Verifier=x", true),
             ("grant_type[]=x", true),
             ("client_secret=x", true),
+            ("x=1;grant_type=authorization_code", true),
+            ("grant.type=x", true),
+            ("+code=x", true),
         ];
         for (query, expected) in cases {
             assert_eq!(

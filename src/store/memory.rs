@@ -56,6 +56,13 @@ struct Timed<T> {
     value: T,
 }
 
+/// `now + ttl`, saturating far in the future instead of overflowing for an absurd TTL.
+fn deadline(now: Instant, ttl: Duration) -> Instant {
+    now.checked_add(ttl)
+        .or_else(|| now.checked_add(Duration::from_secs(u64::from(u32::MAX))))
+        .unwrap_or(now)
+}
+
 impl<T> Timed<T> {
     fn live(&self, now: Instant) -> bool {
         self.expires_at > now
@@ -186,7 +193,7 @@ impl Inner {
         now: Instant,
     ) -> bool {
         let timed = Timed {
-            expires_at: now + ttl,
+            expires_at: deadline(now, ttl),
             value,
         };
         match map.entry(key) {
@@ -465,6 +472,17 @@ mod tests {
             .await
             .unwrap());
         assert_eq!(store.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_absurd_ttl_does_not_panic() {
+        let store = MemoryStore::new();
+        let key = StoreKey::for_handle("a");
+        assert!(store
+            .create_flow(key, flow("1"), Duration::MAX)
+            .await
+            .unwrap());
+        assert!(store.flow(key).await.unwrap().is_some());
     }
 
     #[tokio::test]
