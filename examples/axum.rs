@@ -23,7 +23,10 @@ type Codes = Arc<Mutex<HashMap<String, String>>>;
 
 /// The legacy server: issues a code to anyone who asks (sign-in omitted), knows nothing of
 /// PKCE.
-async fn authorize(State(codes): State<Codes>, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn authorize(
+    State(codes): State<Codes>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     let code = format!("code-{}", codes.lock().unwrap().len() + 1);
     let client = q.get("client_id").cloned().unwrap_or_default();
     codes.lock().unwrap().insert(code.clone(), client);
@@ -38,9 +41,14 @@ async fn token(State(codes): State<Codes>, Form(f): Form<HashMap<String, String>
     let code = f.get("code").cloned().unwrap_or_default();
     match codes.lock().unwrap().get(&code) {
         Some(client) if f.get("client_id") == Some(client) => {
-            Json(serde_json::json!({"access_token": "legacy-token", "token_type": "Bearer"})).into_response()
+            Json(serde_json::json!({"access_token": "legacy-token", "token_type": "Bearer"}))
+                .into_response()
         }
-        _ => (StatusCode::BAD_REQUEST, Json(serde_json::json!({"error": "invalid_grant"}))).into_response(),
+        _ => (
+            StatusCode::BAD_REQUEST,
+            Json(serde_json::json!({"error": "invalid_grant"})),
+        )
+            .into_response(),
     }
 }
 
@@ -55,7 +63,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_state(Codes::default())
         .layer(PkceLayer::new());
 
-    let listener = tokio::net::TcpListener::bind(if serve { "127.0.0.1:3000" } else { "127.0.0.1:0" }).await?;
+    let listener = tokio::net::TcpListener::bind(if serve {
+        "127.0.0.1:3000"
+    } else {
+        "127.0.0.1:0"
+    })
+    .await?;
     let base = format!("http://{}", listener.local_addr()?);
     tokio::spawn(async move { axum::serve(listener, app).await });
     println!("legacy server with PKCE listening on {base}\n");
@@ -70,15 +83,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let location = response.headers()[header::LOCATION].to_str()?.to_owned();
     println!("1. authorize          → {} {location}", response.status());
     let query: HashMap<String, String> =
-        form_urlencoded::parse(location.split_once('?').map_or("", |(_, q)| q).as_bytes()).into_owned().collect();
+        form_urlencoded::parse(location.split_once('?').map_or("", |(_, q)| q).as_bytes())
+            .into_owned()
+            .collect();
     let code = &query["code"];
 
     // 2. An attacker who intercepted the code tries it without the verifier.
-    let (status, body) = post_form(&client, &format!("{base}/token"), &format!("grant_type=authorization_code&code={code}&client_id=app")).await?;
+    let (status, body) = post_form(
+        &client,
+        &format!("{base}/token"),
+        &format!("grant_type=authorization_code&code={code}&client_id=app"),
+    )
+    .await?;
     println!("2. token, no verifier → {status} {body}");
 
     // 3. The client redeems it with its verifier.
-    let form = format!("grant_type=authorization_code&code={code}&client_id=app&code_verifier={}", verifier.secret());
+    let form = format!(
+        "grant_type=authorization_code&code={code}&client_id=app&code_verifier={}",
+        verifier.secret()
+    );
     let (status, body) = post_form(&client, &format!("{base}/token"), &form).await?;
     println!("3. token, verifier    → {status} {body}");
 
@@ -87,10 +110,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("4. token, replay      → {status} {body}");
 
     // 5. An authorization request without PKCE never reaches the legacy server.
-    let response = client.get(format!("{base}/authorize?response_type=code&client_id=app").parse()?).await?;
+    let response = client
+        .get(format!("{base}/authorize?response_type=code&client_id=app").parse()?)
+        .await?;
     let status = response.status();
     let body = response.into_body().collect().await?.to_bytes();
-    println!("5. authorize, no PKCE → {status} {}", String::from_utf8_lossy(&body));
+    println!(
+        "5. authorize, no PKCE → {status} {}",
+        String::from_utf8_lossy(&body)
+    );
 
     if serve {
         println!("\nserving on {base}; Ctrl-C to stop");

@@ -26,13 +26,20 @@ async fn legacy(req: Request<PkceBody<Incoming>>) -> Result<Response<Full<Bytes>
                 .unwrap_or_default();
             Response::builder()
                 .status(StatusCode::FOUND)
-                .header(header::LOCATION, format!("myapp://callback?code=legacy-code{state}"))
+                .header(
+                    header::LOCATION,
+                    format!("myapp://callback?code=legacy-code{state}"),
+                )
                 .body(Full::default())
         }
         "/token" => Response::builder()
             .header(header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from_static(br#"{"access_token":"t","token_type":"Bearer"}"#))),
-        _ => Response::builder().status(StatusCode::NOT_FOUND).body(Full::default()),
+            .body(Full::new(Bytes::from_static(
+                br#"{"access_token":"t","token_type":"Bearer"}"#,
+            ))),
+        _ => Response::builder()
+            .status(StatusCode::NOT_FOUND)
+            .body(Full::default()),
     };
     Ok(response.unwrap_or_default())
 }
@@ -46,7 +53,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let service = TowerToHyperService::new(service.clone());
-            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service));
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service),
+            );
         }
     });
     println!("hyper server with PKCE listening on {base}\n");
@@ -56,17 +66,30 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let challenge = CodeChallenge::from_verifier(&verifier, ChallengeMethod::S256).encoded();
     let uri = format!("{base}/authorize?response_type=code&client_id=cli&code_challenge={challenge}&code_challenge_method=S256");
     let response = client.get(uri.parse()?).await?;
-    println!("authorize           → {} {:?}", response.status(), response.headers()[header::LOCATION]);
+    println!(
+        "authorize           → {} {:?}",
+        response.status(),
+        response.headers()[header::LOCATION]
+    );
 
-    for (label, verifier) in [("wrong verifier", CodeVerifier::generate()), ("right verifier", verifier)] {
-        let form = format!("grant_type=authorization_code&code=legacy-code&client_id=cli&code_verifier={}", verifier.secret());
+    for (label, verifier) in [
+        ("wrong verifier", CodeVerifier::generate()),
+        ("right verifier", verifier),
+    ] {
+        let form = format!(
+            "grant_type=authorization_code&code=legacy-code&client_id=cli&code_verifier={}",
+            verifier.secret()
+        );
         let req = Request::post(format!("{base}/token"))
             .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
             .body(Full::new(Bytes::from(form)))?;
         let response = client.request(req).await?;
         let status = response.status();
         let body = response.into_body().collect().await?.to_bytes();
-        println!("token, {label} → {status} {}", String::from_utf8_lossy(&body));
+        println!(
+            "token, {label} → {status} {}",
+            String::from_utf8_lossy(&body)
+        );
     }
     Ok(())
 }
