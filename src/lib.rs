@@ -70,6 +70,10 @@
 //! [`PkceLayer::metrics`]. Refusals carry their [`Reason`] in the response extensions.
 
 #![forbid(unsafe_code)]
+#![cfg_attr(
+    test,
+    allow(clippy::unwrap_used, clippy::expect_used, clippy::type_complexity)
+)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 mod body;

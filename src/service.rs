@@ -168,6 +168,22 @@ where
 // ---------------------------------------------------------------------------------------------
 // Decisions and their traces
 
+/// A code's fingerprint for the logs, or `-`.
+struct Fingerprint<'a>(Option<&'a StoreKey>);
+
+impl std::fmt::Display for Fingerprint<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(key) => key
+                .as_bytes()
+                .iter()
+                .take(4)
+                .try_for_each(|b| write!(f, "{b:02x}")),
+            None => f.write_str("-"),
+        }
+    }
+}
+
 fn log(
     endpoint: &str,
     client: Option<&str>,
@@ -176,14 +192,14 @@ fn log(
     code: Option<&StoreKey>,
 ) {
     let client = client.unwrap_or("-");
-    let code = code.map(StoreKey::fingerprint);
-    let code = code.as_deref().unwrap_or("-");
+    // Formatted only if a subscriber takes the event.
+    let code = Fingerprint(code);
     match outcome {
         Outcome::Allowed => tracing::info!(
-            target: "tower_pkce", endpoint, client_id = ?client, outcome = outcome.as_str(), reason, code
+            target: "tower_pkce", endpoint, client_id = ?client, outcome = outcome.as_str(), reason, code = %code
         ),
         _ => tracing::warn!(
-            target: "tower_pkce", endpoint, client_id = ?client, outcome = outcome.as_str(), reason, code
+            target: "tower_pkce", endpoint, client_id = ?client, outcome = outcome.as_str(), reason, code = %code
         ),
     }
 }
@@ -890,7 +906,7 @@ async fn capture_redirect(shared: &Shared, headers: &mut HeaderMap) -> Result<()
                 }
             }
         }
-    } else {
+    } else if capture.error {
         allow(shared, EP, client, Pass::ErrorReleased, None);
     }
     let restored = redirect::restore_state(location, &capture, flow.state());
