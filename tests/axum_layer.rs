@@ -924,16 +924,8 @@ async fn a_full_store_answers_503_and_keeps_live_flows() {
     assert_refused(&response, Reason::StoreFull);
     assert_eq!(response.headers()[header::RETRY_AFTER], "1");
     // The first flow still completes.
-    let signed_in = app
-        .send(form_post(
-            "/login",
-            &format!("user=alice&next={}", urlencode(&next)),
-        ))
-        .await;
-    let mut req = get(&location(&signed_in));
-    req.headers_mut()
-        .insert(header::COOKIE, "sid=alice".parse().unwrap());
-    let done = app.send(req).await;
+    let back = sign_in(&app, &next).await;
+    let done = reenter(&app, &back).await;
     let params = query_of(&location(&done));
     assert_eq!(params["state"], "one");
     assert_eq!(
@@ -1028,16 +1020,8 @@ async fn a_handle_echoed_by_another_redirect_does_not_capture_the_flow() {
         Reason::UnknownCode,
     );
     // The victim's flow is intact and completes.
-    let signed_in = app
-        .send(form_post(
-            "/login",
-            &format!("user=alice&next={}", urlencode(&next)),
-        ))
-        .await;
-    let mut req = get(&location(&signed_in));
-    req.headers_mut()
-        .insert(header::COOKIE, "sid=alice".parse().unwrap());
-    let params = query_of(&location(&app.send(req).await));
+    let back = sign_in(&app, &next).await;
+    let params = query_of(&location(&reenter(&app, &back).await));
     assert_eq!(params["state"], "victim");
     assert_eq!(
         redeem(&app, &params["code"], Some(&pkce.verifier), CLIENT)

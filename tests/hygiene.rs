@@ -136,17 +136,9 @@ async fn store_failures_fail_closed() {
         )))
         .await;
     let next = query_of(&location(&first)).remove("next").unwrap();
-    let signed_in = app
-        .send(form_post(
-            "/login",
-            &format!("user=alice&next={}", urlencode(&next)),
-        ))
-        .await;
-    let mut req = get(&location(&signed_in));
-    req.headers_mut()
-        .insert(header::COOKIE, "sid=alice".parse().unwrap());
+    let back = sign_in(&app, &next).await;
     store.down.store(true, Ordering::SeqCst);
-    let done = app.send(req).await;
+    let done = reenter(&app, &back).await;
     assert_eq!(done.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(!done.headers().contains_key(header::LOCATION));
 

@@ -345,6 +345,26 @@ pub fn authorize_query(
     q.finish()
 }
 
+/// Signs in on the legacy page with its `next`; returns where it sends the browser back to.
+pub async fn sign_in(t: &impl Transport, next: &str) -> String {
+    let signed_in = t
+        .send(form_post(
+            "/login",
+            &format!("user=alice&next={}", urlencode(next)),
+        ))
+        .await;
+    assert_eq!(signed_in.status(), StatusCode::SEE_OTHER);
+    location(&signed_in)
+}
+
+/// Follows the sign-in page's redirect back to `/authorize`, signed in.
+pub async fn reenter(t: &impl Transport, back: &str) -> Response<Bytes> {
+    let mut req = get(back);
+    req.headers_mut()
+        .insert(header::COOKIE, "sid=alice".parse().unwrap());
+    t.send(req).await
+}
+
 /// Plays a browser through authorize → sign-in → re-entry → redirect. Returns the final
 /// redirect's parameters.
 pub async fn browser_flow(t: &impl Transport, query: &str) -> HashMap<String, String> {
@@ -358,18 +378,8 @@ pub async fn browser_flow(t: &impl Transport, query: &str) -> HashMap<String, St
     let login = location(&first);
     assert!(login.starts_with("/login?next="), "{login}");
     let next = query_of(&login).remove("next").unwrap();
-    let signed_in = t
-        .send(form_post(
-            "/login",
-            &format!("user=alice&next={}", urlencode(&next)),
-        ))
-        .await;
-    assert_eq!(signed_in.status(), StatusCode::SEE_OTHER);
-    let back = location(&signed_in);
-    let mut req = get(&back);
-    req.headers_mut()
-        .insert(header::COOKIE, "sid=alice".parse().unwrap());
-    let done = t.send(req).await;
+    let back = sign_in(t, &next).await;
+    let done = reenter(t, &back).await;
     assert_eq!(
         done.status(),
         StatusCode::FOUND,
