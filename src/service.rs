@@ -660,13 +660,15 @@ async fn decide_token(
 /// Gives a code back to its bound state when the upstream issued no token for it.
 async fn undo_redemption(shared: &Shared, redemption: &Redemption) {
     match shared.store.unredeem(redemption.code).await {
-        Ok(_) => allow(
+        Ok(true) => allow(
             shared,
             "token",
             Some(&redemption.client),
             Pass::ReturnedToBound,
             Some(&redemption.code),
         ),
+        // Burned or expired meanwhile: nothing to give back.
+        Ok(false) => {}
         Err(e) => {
             // The code stays redeemed: fail closed.
             store_reason(&e);

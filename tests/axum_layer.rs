@@ -24,6 +24,13 @@ fn build(layer: &PkceLayer) -> (Router, Legacy) {
     (legacy.router().layer(layer.clone()), legacy)
 }
 
+/// Redeems `code` with `verifier` for `CLIENT` and asserts the upstream issued a token.
+async fn assert_redeems(app: &Router, code: &str, verifier: &str) {
+    let response = redeem(app, code, Some(verifier), CLIENT).await;
+    assert_eq!(response.status(), StatusCode::OK, "{:?}", response.body());
+    assert!(json_body(&response)["access_token"].is_string());
+}
+
 fn reason(response: &axum::http::Response<axum::body::Bytes>) -> Option<Reason> {
     response.extensions().get::<Reason>().copied()
 }
@@ -217,12 +224,7 @@ async fn non_oauth_traffic_passes_untouched() {
 async fn bound_code_with_matching_verifier_is_forwarded_once() {
     let (app, _) = build(&layer());
     let (code, pkce) = code_for(&app, CLIENT, REDIRECT).await;
-    assert_eq!(
-        redeem(&app, &code, Some(&pkce.verifier), CLIENT)
-            .await
-            .status(),
-        StatusCode::OK
-    );
+    assert_redeems(&app, &code, &pkce.verifier).await;
     // Redeemed: refused on replay even though the legacy server would accept it again.
     assert_refused(
         &redeem(&app, &code, Some(&pkce.verifier), CLIENT).await,
@@ -250,12 +252,7 @@ async fn bound_code_with_wrong_verifier_is_refused_and_keeps_its_binding() {
         Reason::MalformedVerifier,
     );
     // The legitimate client still gets its token.
-    assert_eq!(
-        redeem(&app, &code, Some(&pkce.verifier), CLIENT)
-            .await
-            .status(),
-        StatusCode::OK
-    );
+    assert_redeems(&app, &code, &pkce.verifier).await;
 }
 
 #[tokio::test]
@@ -475,12 +472,7 @@ async fn a_redemption_the_upstream_refuses_returns_the_code_to_bound() {
         &redeem(&app, &code, None, CLIENT).await,
         Reason::VerifierRequired,
     );
-    assert_eq!(
-        redeem(&app, &code, Some(&pkce.verifier), CLIENT)
-            .await
-            .status(),
-        StatusCode::OK
-    );
+    assert_redeems(&app, &code, &pkce.verifier).await;
 }
 
 #[tokio::test]
@@ -831,12 +823,7 @@ async fn plain_when_allowed() {
         &redeem(&app, &params["code"], Some(&"q".repeat(50)), CLIENT).await,
         Reason::VerifierMismatch,
     );
-    assert_eq!(
-        redeem(&app, &params["code"], Some(&verifier), CLIENT)
-            .await
-            .status(),
-        StatusCode::OK
-    );
+    assert_redeems(&app, &params["code"], &verifier).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -891,12 +878,7 @@ async fn report_mode_forwards_what_enforce_refuses_and_counts_it() {
     assert_eq!(layer.metrics().reported(Reason::UnknownCode), 1);
     // Correct PKCE flows still work and are verified.
     let (code, pkce) = code_for(&app, CLIENT, REDIRECT).await;
-    assert_eq!(
-        redeem(&app, &code, Some(&pkce.verifier), CLIENT)
-            .await
-            .status(),
-        StatusCode::OK
-    );
+    assert_redeems(&app, &code, &pkce.verifier).await;
 }
 
 #[tokio::test]
@@ -928,12 +910,7 @@ async fn a_full_store_answers_503_and_keeps_live_flows() {
     let done = reenter(&app, &back).await;
     let params = query_of(&location(&done));
     assert_eq!(params["state"], "one");
-    assert_eq!(
-        redeem(&app, &params["code"], Some(&first.verifier), CLIENT)
-            .await
-            .status(),
-        StatusCode::OK
-    );
+    assert_redeems(&app, &params["code"], &first.verifier).await;
 }
 
 #[tokio::test]
@@ -1023,12 +1000,7 @@ async fn a_handle_echoed_by_another_redirect_does_not_capture_the_flow() {
     let back = sign_in(&app, &next).await;
     let params = query_of(&location(&reenter(&app, &back).await));
     assert_eq!(params["state"], "victim");
-    assert_eq!(
-        redeem(&app, &params["code"], Some(&pkce.verifier), CLIENT)
-            .await
-            .status(),
-        StatusCode::OK
-    );
+    assert_redeems(&app, &params["code"], &pkce.verifier).await;
 }
 
 #[tokio::test]
@@ -1114,4 +1086,35 @@ async fn authorize_bodies_that_are_not_forms_and_oversized_values_are_refused() 
     let params = browser_flow(&app, &query_empty).await;
     assert!(!params.contains_key("state"));
     let _ = query;
+}
+
+#[tokio::test]
+async fn an_exempt_clients_unknown_code_is_single_use_once_forwarded() {
+    // A code the layer never saw (issued by the legacy server directly, as before the layer
+    // was deployed), redeemed by an exempt client: forwarded once, then refused, although the
+    // legacy server would accept it again.
+    let legacy = Legacy::default();
+    let bare = legacy.router();
+    let app = legacy.router().layer(layer());
+    let params = browser_flow(
+        &bare,
+        &authorize_query(CONFIDENTIAL, CONFIDENTIAL_REDIRECT, None, None),
+    )
+    .await;
+    let fields = [
+        ("grant_type", "authorization_code"),
+        ("code", params["code"].as_str()),
+        ("client_id", CONFIDENTIAL),
+        ("client_secret", CONFIDENTIAL_SECRET),
+    ];
+    assert_eq!(
+        app.send(token_request(&fields)).await.status(),
+        StatusCode::OK
+    );
+    assert_refused(&app.send(token_request(&fields)).await, Reason::CodeReused);
+    assert_eq!(
+        bare.send(token_request(&fields)).await.status(),
+        StatusCode::OK,
+        "the legacy server alone would accept it again"
+    );
 }
