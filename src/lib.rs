@@ -82,6 +82,8 @@ mod layer;
 mod metrics;
 mod oauth;
 mod pkce;
+#[cfg(feature = "proxy")]
+pub mod proxy;
 mod service;
 pub mod store;
 

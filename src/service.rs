@@ -81,14 +81,14 @@ impl<S: std::fmt::Debug> std::fmt::Debug for Pkce<S> {
 
 /// Which endpoint a request is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Endpoint {
+pub(crate) enum Endpoint {
     Authorize,
     Token,
     Metadata,
     Other,
 }
 
-fn classify(shared: &Shared, path: &str) -> Endpoint {
+pub(crate) fn classify(shared: &Shared, path: &str) -> Endpoint {
     let config = &shared.config;
     if path::matches(path, &config.token_path) {
         Endpoint::Token
@@ -269,7 +269,23 @@ where
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(Reason::BodyTooLarge),
+        Err(e) if timed_out(&*e) => Err(Reason::BodyTimeout),
         Err(_) => Err(Reason::UnreadableBody),
+    }
+}
+
+/// Whether a body error is, or was caused by, an I/O timeout.
+fn timed_out(mut error: &(dyn std::error::Error + 'static)) -> bool {
+    loop {
+        if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return true;
+            }
+        }
+        match error.source() {
+            Some(source) => error = source,
+            None => return false,
+        }
     }
 }
 

@@ -38,6 +38,10 @@ pub enum Reason {
     UnreadableBody,
     /// The body is larger than the configured limit.
     BodyTooLarge,
+    /// The body stopped arriving: reading it failed with an [`std::io::Error`] of kind
+    /// [`TimedOut`](std::io::ErrorKind::TimedOut), as `pkce-proxy`'s request bodies do when a
+    /// client stalls.
+    BodyTimeout,
     /// An authorization request without `client_id`.
     MissingClientId,
     /// An authorization request without `code_challenge` from a client that is not exempt.
@@ -109,6 +113,7 @@ impl Reason {
     pub fn status(self) -> StatusCode {
         match self {
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::MalformedBasic => StatusCode::UNAUTHORIZED,
             Self::StoreFull | Self::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_REQUEST,
@@ -143,6 +148,11 @@ impl Reason {
             ),
             Self::UnreadableBody => ("unreadable_body", REQ, "the request body could not be read"),
             Self::BodyTooLarge => ("body_too_large", REQ, "the request body is too large"),
+            Self::BodyTimeout => (
+                "body_timeout",
+                REQ,
+                "the request body was not received in time",
+            ),
             Self::MissingClientId => ("missing_client_id", REQ, "client_id is required"),
             Self::ChallengeRequired => (
                 "challenge_required",
@@ -250,7 +260,7 @@ impl Reason {
     }
 
     /// Every reason, for metrics.
-    pub(crate) const ALL: [Reason; 30] = [
+    pub(crate) const ALL: [Reason; 31] = [
         Self::DuplicateParameter,
         Self::ParameterInQueryAndBody,
         Self::MalformedParameter,
@@ -258,6 +268,7 @@ impl Reason {
         Self::UnsupportedContentType,
         Self::UnreadableBody,
         Self::BodyTooLarge,
+        Self::BodyTimeout,
         Self::MissingClientId,
         Self::ChallengeRequired,
         Self::MethodWithoutChallenge,

@@ -1,0 +1,7 @@
+//! `pkce-proxy`: put PKCE in front of a legacy OAuth 2.0 authorization server.
+//!
+//! `pkce-proxy --upstream http://127.0.0.1:9000`; `pkce-proxy --help` lists the settings.
+
+fn main() -> std::process::ExitCode {
+    tower_pkce::proxy::main(std::env::args_os())
+}

@@ -1,0 +1,315 @@
+//! `pkce-proxy`: a reverse proxy with [`PkceLayer`] inside, to put in front of a legacy OAuth
+//! 2.0 authorization server without changing it (feature `proxy`, on by default).
+//!
+//! The binary is a thin wrapper around [`main`]. [`Proxy`] runs the same server inside another
+//! program or a test:
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! use tower_pkce::proxy::{Config, Proxy};
+//!
+//! let mut config = Config::new("http://127.0.0.1:9000".parse().unwrap());
+//! config.listen = "127.0.0.1:0".parse().unwrap();
+//! let proxy = Proxy::bind(config).await?;
+//! println!("listening on {}", proxy.local_addr());
+//! proxy.serve(tokio::signal::ctrl_c()).await
+//! # }
+//! ```
+//!
+//! # What it does to traffic
+//!
+//! - Requests to the authorize and token endpoints and the discovery documents go through
+//!   [`PkceLayer`]; everything else is streamed through untouched, in both directions, without
+//!   buffering: any method, path, query, header (hop-by-hop headers removed, RFC 9110 §7.6.1),
+//!   body and status.
+//! - `Host` is kept. `X-Forwarded-For`, `-Proto` and `-Host` are set; the ones a client sent,
+//!   and `Forwarded` and `X-Real-IP`, are dropped unless `--trust-forwarded` (RFC 9700 §4.13).
+//! - Clients speak HTTP/1.1 or HTTP/2 (prior knowledge); the upstream is spoken to over
+//!   HTTP/1.1 from a keep-alive pool, or over TLS (rustls) with HTTP/2 where ALPN agrees.
+//! - Protocol upgrades (WebSocket) are not proxied: `Upgrade` is a hop-by-hop header.
+//!
+//! # Timeouts and errors
+//!
+//! | what | default | then |
+//! |---|---|---|
+//! | request headers | 10 s | the connection is closed |
+//! | a pause in a request body | 10 s | `408`, the connection is closed |
+//! | connecting to the upstream | 5 s | `502` |
+//! | the upstream's response headers | 30 s | `504` |
+//! | in-flight requests after SIGINT/SIGTERM | 30 s | connections are dropped |
+//!
+//! On the OAuth endpoints these errors are RFC 6749 JSON (`temporarily_unavailable`, or
+//! `invalid_request` for 408); elsewhere they are plain text. A code whose token request never
+//! reached the upstream (`502` on connect) goes back to bound; one whose request may have
+//! reached it (timeout, broken connection) stays redeemed: fail closed.
+
+use std::convert::Infallible;
+use std::ffi::OsString;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+use tokio::net::TcpListener;
+
+mod admin;
+mod config;
+mod server;
+mod stats;
+mod upstream;
+
+pub use config::{ClientConfig, Config, ConfigError, LogFormat, StoreSpec, DEFAULT_LISTEN};
+
+use crate::service::{classify, Endpoint};
+use crate::PkceLayer;
+
+/// State shared by every connection of one proxy.
+pub(crate) struct Shared {
+    layer: PkceLayer,
+    stats: stats::Stats,
+    trust_forwarded: bool,
+    body_timeout: std::time::Duration,
+    shutting_down: AtomicBool,
+}
+
+impl Shared {
+    fn endpoint(&self, path: &str) -> Endpoint {
+        classify(&self.layer.shared, path)
+    }
+
+    /// Whether errors on `path` are answered in RFC 6749 JSON.
+    pub(crate) fn is_oauth(&self, path: &str) -> bool {
+        self.endpoint(path) != Endpoint::Other
+    }
+
+    /// A response the proxy makes itself: RFC 6749 JSON on the OAuth endpoints, plain text
+    /// elsewhere.
+    pub(crate) fn error_response(
+        &self,
+        oauth: bool,
+        status: StatusCode,
+        error: &'static str,
+        description: &'static str,
+    ) -> Response<Full<Bytes>> {
+        let (body, content_type) = if oauth {
+            let json = serde_json::json!({"error": error, "error_description": description});
+            (json.to_string(), "application/json")
+        } else {
+            (format!("{description}\n"), "text/plain; charset=utf-8")
+        };
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if status == StatusCode::BAD_GATEWAY || status == StatusCode::GATEWAY_TIMEOUT {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if status == StatusCode::REQUEST_TIMEOUT {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
+    }
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("layer", &self.layer)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A bound, not yet serving, proxy.
+#[derive(Debug)]
+pub struct Proxy {
+    config: Config,
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    shared: Arc<Shared>,
+    upstream: upstream::Upstream,
+}
+
+impl Proxy {
+    /// Binds the listeners (and the admin listener, if configured) and prepares the upstream
+    /// client. Fails if an address is taken or `--upstream-ca` cannot be read.
+    pub async fn bind(config: Config) -> io::Result<Self> {
+        let layer = config.layer();
+        let shared = Arc::new(Shared {
+            layer,
+            stats: stats::Stats::default(),
+            trust_forwarded: config.trust_forwarded,
+            body_timeout: config.body_timeout,
+            shutting_down: AtomicBool::new(false),
+        });
+        let upstream = upstream::Upstream::new(&config, shared.clone())?;
+        let listener = TcpListener::bind(config.listen).await.map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen))
+        })?;
+        let admin =
+            match config.admin_listen {
+                Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+                    io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
+                })?),
+                None => None,
+            };
+        Ok(Self {
+            config,
+            listener,
+            admin,
+            shared,
+            upstream,
+        })
+    }
+
+    /// The address the proxy accepts connections on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or(self.config.listen)
+    }
+
+    /// The admin listener's address, if there is one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The layer inside, e.g. to read its [`metrics`](PkceLayer::metrics).
+    pub fn layer(&self) -> &PkceLayer {
+        &self.shared.layer
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting and lets in-flight requests
+    /// finish for up to the configured grace period.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> io::Result<()> {
+        let Self {
+            config,
+            listener,
+            admin,
+            shared,
+            upstream,
+        } = self;
+        let (stop_admin, admin_stopped) = tokio::sync::watch::channel(false);
+        let admin_task = admin.map(|listener| {
+            let shared = shared.clone();
+            let mut stopped = admin_stopped.clone();
+            tokio::spawn(admin::serve(listener, shared, async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            }))
+        });
+        let result = server::serve(&config, listener, shared.clone(), upstream, shutdown).await;
+        let _ = stop_admin.send(true);
+        if let Some(task) = admin_task {
+            let _ = task.await;
+        }
+        result
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr);
+    // A second initialization (a test calling `main` twice) keeps the first subscriber.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// The `pkce-proxy` program: reads the configuration from `args` (program name first), the
+/// environment and `--config`, and serves until SIGINT or SIGTERM.
+///
+/// Exit status: 0 after a clean shutdown (or `--help`, `--version`, `--print-config`), 2 for a
+/// bad configuration (one line on standard error), 1 when serving fails (an address in use).
+pub fn main<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let (config, print) = match config::load(args) {
+        Ok(loaded) => loaded,
+        Err(e) if e.exit_code() == 0 => {
+            print!("{e}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("pkce-proxy: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if print {
+        print!("{}", config.render());
+        return ExitCode::SUCCESS;
+    }
+    init_logging(config.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("pkce-proxy: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let served = runtime.block_on(async move {
+        let proxy = Proxy::bind(config).await?;
+        // Printed, not logged: scripts wait for this line whatever the log settings.
+        println!("listening on {}", proxy.local_addr());
+        if let Some(admin) = proxy.admin_addr() {
+            println!("admin listening on {admin}");
+        }
+        tracing::info!(
+            target: "pkce_proxy",
+            listen = %proxy.local_addr(),
+            upstream = %proxy.config.upstream,
+            mode = ?proxy.config.mode,
+            "pkce-proxy started"
+        );
+        proxy.serve(shutdown_signal()).await
+    });
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pkce-proxy: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The proxy's response type; `Infallible` because every failure is a response.
+pub(crate) type ProxyResult<B> = Result<Response<B>, Infallible>;
+
+impl Shared {
+    pub(crate) fn ready(&self) -> bool {
+        !self.shutting_down.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,319 @@
+//! The server side: accepting connections, the per-request front (headers in and out, errors,
+//! timing), graceful shutdown.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tower_service::Service;
+
+use super::config::Config;
+use super::upstream::{
+    is_body_stall, ErrorChain, TimeoutBody, Upstream, UpstreamBody, UpstreamError,
+};
+use super::{ProxyResult, Shared};
+use crate::{Pkce, PkceBody};
+
+/// What the proxy answers with: the upstream's response through the layer, or its own error.
+pub(crate) type ProxyBody = Either<PkceBody<UpstreamBody>, Full<Bytes>>;
+
+/// Accepts connections until `shutdown`, then drains them for up to the grace period.
+pub(crate) async fn serve(
+    config: &Config,
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    upstream: Upstream,
+    shutdown: impl Future<Output = ()> + Send,
+) -> io::Result<()> {
+    let pkce = Pkce::new(upstream, shared.layer.clone());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_timeout)
+        .max_buf_size(64 * 1024);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        .max_header_list_size(64 * 1024)
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(target: "pkce_proxy", error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        shared.stats.connection_accepted();
+        let front = Front {
+            shared: shared.clone(),
+            pkce: pkce.clone(),
+            peer,
+        };
+        let service = hyper::service::service_fn(move |req| front.clone().handle(req));
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(target: "pkce_proxy", error = %ErrorChain(&*e), "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    shared.shutting_down.store(true, Ordering::Relaxed);
+    tracing::info!(target: "pkce_proxy", "shutting down: no new connections, draining in-flight requests");
+    tokio::select! {
+        () = graceful.shutdown() => {
+            tracing::info!(target: "pkce_proxy", "all connections closed");
+        }
+        () = tokio::time::sleep(config.shutdown_grace) => {
+            tracing::warn!(target: "pkce_proxy", "grace period over: dropping the remaining connections");
+        }
+    }
+    Ok(())
+}
+
+/// One connection's request handler.
+#[derive(Clone)]
+struct Front {
+    shared: Arc<Shared>,
+    pkce: Pkce<Upstream>,
+    peer: SocketAddr,
+}
+
+impl Front {
+    async fn handle(mut self, mut req: Request<Incoming>) -> ProxyResult<ProxyBody> {
+        let started = Instant::now();
+        let shared = self.shared.clone();
+        shared.stats.request_started();
+        let endpoint = shared.endpoint(req.uri().path());
+        let oauth = endpoint != crate::service::Endpoint::Other;
+        let method = req.method().clone();
+        prepare_request(&shared, self.peer, &mut req);
+        let req = req.map(|body| TimeoutBody::new(body, shared.body_timeout));
+        let result = self.pkce.call(req).await;
+        let response = match result {
+            Ok(mut response) => {
+                strip_hop_by_hop(response.headers_mut());
+                if response.extensions().get::<crate::Reason>() == Some(&crate::Reason::BodyTimeout)
+                {
+                    // The rest of a stalled body may still come: do not read it as a request.
+                    shared.stats.body_timeout();
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                response.map(Either::Left)
+            }
+            Err(e) => error_response(&shared, oauth, &e).map(Either::Right),
+        };
+        shared.stats.observe(endpoint, started.elapsed());
+        shared.stats.request_finished();
+        tracing::debug!(
+            target: "pkce_proxy::access",
+            method = %method,
+            endpoint = ?endpoint,
+            status = response.status().as_u16(),
+            micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            "request"
+        );
+        Ok(response)
+    }
+}
+
+fn error_response(shared: &Shared, oauth: bool, error: &UpstreamError) -> Response<Full<Bytes>> {
+    match error {
+        UpstreamError::Failed(e) if is_body_stall(e) => {
+            shared.stats.body_timeout();
+            shared.error_response(
+                oauth,
+                StatusCode::REQUEST_TIMEOUT,
+                "invalid_request",
+                "the request body was not received in time",
+            )
+        }
+        UpstreamError::Failed(e) => {
+            shared.stats.upstream_error("failed");
+            tracing::warn!(target: "pkce_proxy", error = %ErrorChain(e), "upstream exchange failed");
+            shared.error_response(
+                oauth,
+                StatusCode::BAD_GATEWAY,
+                "temporarily_unavailable",
+                "the authorization server did not answer; try again later",
+            )
+        }
+        UpstreamError::Timeout => {
+            shared.stats.upstream_error("timeout");
+            tracing::warn!(target: "pkce_proxy", "upstream timed out");
+            shared.error_response(
+                oauth,
+                StatusCode::GATEWAY_TIMEOUT,
+                "temporarily_unavailable",
+                "the authorization server did not answer in time; try again later",
+            )
+        }
+    }
+}
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus `Expect`,
+/// which the proxy's own server already answered.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Removes the hop-by-hop headers, including every header `Connection` names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Makes a client's request fit to forward: hop-by-hop headers out, `Host` kept (or made from
+/// an HTTP/2 `:authority`), forwarding headers set.
+fn prepare_request(shared: &Shared, peer: SocketAddr, req: &mut Request<Incoming>) {
+    let authority = req.uri().authority().map(|a| a.as_str().to_owned());
+    let headers = req.headers_mut();
+    strip_hop_by_hop(headers);
+    headers.remove(header::EXPECT);
+    if !headers.contains_key(header::HOST) {
+        if let Some(value) = authority.and_then(|a| HeaderValue::from_str(&a).ok()) {
+            headers.insert(header::HOST, value);
+        }
+    }
+    let ip = HeaderValue::from_str(&peer.ip().to_string()).ok();
+    if shared.trust_forwarded {
+        if let Some(ip) = ip {
+            let chain = headers
+                .get(&X_FORWARDED_FOR)
+                .and_then(|v| v.to_str().ok())
+                .map(|prior| format!("{prior}, {}", peer.ip()))
+                .and_then(|v| HeaderValue::from_str(&v).ok());
+            headers.insert(X_FORWARDED_FOR, chain.unwrap_or(ip));
+        }
+        if !headers.contains_key(&X_FORWARDED_PROTO) {
+            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        }
+        if !headers.contains_key(&X_FORWARDED_HOST) {
+            if let Some(host) = headers.get(header::HOST).cloned() {
+                headers.insert(X_FORWARDED_HOST, host);
+            }
+        }
+    } else {
+        drop_forwarding_headers(headers);
+        if let Some(ip) = ip {
+            headers.insert(X_FORWARDED_FOR, ip);
+        }
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        if let Some(host) = headers.get(header::HOST).cloned() {
+            headers.insert(X_FORWARDED_HOST, host);
+        }
+    }
+}
+
+/// Drops every header a client could use to claim another address, scheme or host.
+fn drop_forwarding_headers(headers: &mut HeaderMap) {
+    let spoofable = |name: &HeaderName| {
+        let n = name.as_str();
+        n.starts_with("x-forwarded-") || n == "forwarded" || n == "x-real-ip"
+    };
+    if headers.keys().any(spoofable) {
+        let names: Vec<HeaderName> = headers.keys().filter(|n| spoofable(n)).cloned().collect();
+        for name in names {
+            headers.remove(name);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go_including_the_named_ones() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Secret-Hop"),
+        );
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(
+            header::PROXY_AUTHORIZATION,
+            HeaderValue::from_static("Basic x"),
+        );
+        h.insert(header::SET_COOKIE, HeaderValue::from_static("a=b"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["content-length", "set-cookie"]);
+    }
+
+    #[test]
+    fn spoofable_forwarding_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        h.insert("X-Forwarded-Host", HeaderValue::from_static("evil"));
+        h.insert("x-forwarded-prefix", HeaderValue::from_static("/x"));
+        h.insert("forwarded", HeaderValue::from_static("for=1.2.3.4"));
+        h.insert("x-real-ip", HeaderValue::from_static("1.2.3.4"));
+        h.insert("x-forwardedness", HeaderValue::from_static("kept"));
+        drop_forwarding_headers(&mut h);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-forwardedness"]);
+    }
+}
