@@ -236,7 +236,8 @@ fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(io::stderr);
+        .with_writer(io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&io::stderr()));
     // A second initialization (a test calling `main` twice) keeps the first subscriber.
     let _ = match format {
         LogFormat::Text => builder.try_init(),

@@ -119,6 +119,8 @@ impl Front {
         let response = match result {
             Ok(mut response) => {
                 strip_hop_by_hop(response.headers_mut());
+                // The upstream's HTTP version describes its connection, not ours.
+                *response.version_mut() = http::Version::HTTP_11;
                 if response.extensions().get::<crate::Reason>() == Some(&crate::Reason::BodyTimeout)
                 {
                     // The rest of a stalled body may still come: do not read it as a request.
