@@ -439,7 +439,7 @@ impl FileConfig {
     fn parse(text: &str) -> Result<Self, String> {
         toml::from_str(text).map_err(|e| {
             // toml's messages span several lines with a source excerpt; keep the first.
-            let message = e.message().to_owned();
+            let message = e.message().lines().collect::<Vec<_>>().join("; ");
             match e.span() {
                 Some(span) => {
                     let line = text

@@ -71,6 +71,37 @@ impl Legacy {
                     redirect(StatusCode::FOUND, q.get("to").map_or("/", String::as_str))
                 }),
             )
+            // What reached the server: method, target and headers.
+            .route(
+                "/headers",
+                routing::any(|req: Request<Body>| async move {
+                    let headers: Vec<(String, String)> = req
+                        .headers()
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("?").to_owned()))
+                        .collect();
+                    let mut response = Json(json!({
+                        "method": req.method().as_str(),
+                        "uri": req.uri().to_string(),
+                        "headers": headers,
+                    }))
+                    .into_response();
+                    let h = response.headers_mut();
+                    h.append(header::SET_COOKIE, "a=1; Path=/".parse().unwrap());
+                    h.append(header::SET_COOKIE, "b=2; Path=/; HttpOnly".parse().unwrap());
+                    h.insert("x-upstream", "legacy".parse().unwrap());
+                    (StatusCode::IM_A_TEAPOT, response)
+                }),
+            )
+            // A slow page, for timeouts and graceful shutdown.
+            .route(
+                "/slow",
+                routing::get(|Query(q): Query<HashMap<String, String>>| async move {
+                    let ms = q.get("ms").and_then(|m| m.parse().ok()).unwrap_or(1000);
+                    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                    "slow"
+                }),
+            )
             .route(
                 "/echo",
                 post(|headers: HeaderMap, body: Bytes| async move {

@@ -1,0 +1,894 @@
+//! End to end: the `pkce-proxy` binary, started as a process, in front of the legacy server on
+//! a real socket, driven by a real HTTP client (reqwest) — flows, attacks, cookies, relative
+//! redirects, pass-through, HTTP/2, timeouts, errors, configuration, admin, shutdown, logs.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use reqwest::redirect::Policy;
+use reqwest::StatusCode;
+use serde_json::Value;
+use support::{Legacy, Pkce, CLIENT, CONFIDENTIAL, CONFIDENTIAL_SECRET, REDIRECT};
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, Command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_pkce-proxy");
+
+/// The legacy server on a real socket.
+async fn legacy() -> (Legacy, SocketAddr) {
+    let legacy = Legacy::default();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = legacy.router();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    (legacy, addr)
+}
+
+/// A running `pkce-proxy` process; killed when dropped.
+struct Proxy {
+    child: Child,
+    addr: SocketAddr,
+    admin: Option<SocketAddr>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Proxy {
+    async fn start(upstream: SocketAddr, extra: &[&str]) -> Self {
+        Self::start_with(&format!("http://{upstream}"), extra, &[]).await
+    }
+
+    async fn start_with(upstream: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["--upstream", upstream, "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().unwrap();
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut err_lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let sink = stderr.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = err_lines.next_line().await {
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut addr = None;
+        let mut admin = None;
+        let wanted_admin = extra.contains(&"--admin-listen");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while addr.is_none() || (wanted_admin && admin.is_none()) {
+            let line = tokio::time::timeout_at(deadline.into(), out.next_line())
+                .await
+                .expect("pkce-proxy did not say where it listens")
+                .unwrap()
+                .unwrap_or_else(|| panic!("pkce-proxy exited: {}", stderr.lock().unwrap()));
+            if let Some(a) = line.strip_prefix("admin listening on ") {
+                admin = Some(a.parse().unwrap());
+            } else if let Some(a) = line.strip_prefix("listening on ") {
+                addr = Some(a.parse().unwrap());
+            }
+        }
+        tokio::spawn(async move { while let Ok(Some(_)) = out.next_line().await {} });
+        Self {
+            child,
+            addr: addr.unwrap(),
+            admin,
+            stderr,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin.unwrap())
+    }
+
+    fn signal(&self, name: &str) {
+        let pid = self.child.id().unwrap().to_string();
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Stops the proxy with SIGTERM; returns its exit status and everything it logged.
+    async fn stop(mut self) -> (std::process::ExitStatus, String) {
+        self.signal("TERM");
+        let status = tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .expect("pkce-proxy did not stop on SIGTERM")
+            .unwrap();
+        // Let the reader drain what was written before exit.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let log = self.stderr.lock().unwrap().clone();
+        (status, log)
+    }
+}
+
+/// A browser: keeps cookies, follows redirects that stay on the proxy (relative ones
+/// included), stops at the redirect back to the client app.
+fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(Policy::custom(|attempt| {
+            if attempt.url().host_str() == Some("127.0.0.1") {
+                attempt.follow()
+            } else {
+                attempt.stop()
+            }
+        }))
+        .build()
+        .unwrap()
+}
+
+fn params(url: &str) -> std::collections::HashMap<String, String> {
+    support::query_of(url)
+}
+
+/// Plays a browser through authorize → sign-in page → sign-in → re-entry; returns the final
+/// redirect's `Location`.
+async fn sign_in_flow(browser: &reqwest::Client, base: &str, query: &str) -> String {
+    let page = browser
+        .get(format!("{base}/authorize?{query}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::OK, "the sign-in page");
+    assert_eq!(page.url().path(), "/login", "a relative redirect, followed");
+    let next = page
+        .url()
+        .query_pairs()
+        .find(|(k, _)| k == "next")
+        .unwrap()
+        .1
+        .into_owned();
+    let done = browser
+        .post(format!("{base}/login"))
+        .form(&[("user", "alice"), ("next", next.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        done.status(),
+        StatusCode::FOUND,
+        "the redirect to the client"
+    );
+    done.headers()["location"].to_str().unwrap().to_owned()
+}
+
+/// A flow with a fresh challenge; returns the code and the pair.
+async fn code(base: &str) -> (String, Pkce) {
+    let pkce = Pkce::new();
+    let query = support::authorize_query(CLIENT, REDIRECT, Some("st 1/é"), Some(&pkce.challenge));
+    let location = sign_in_flow(&browser(), base, &query).await;
+    assert!(location.starts_with(REDIRECT), "{location}");
+    let p = params(&location);
+    assert_eq!(p["state"], "st 1/é", "the client's own state, exactly");
+    (p["code"].clone(), pkce)
+}
+
+async fn token(base: &str, fields: &[(&str, &str)]) -> (StatusCode, Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{base}/token"))
+        .form(fields)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn redeem(base: &str, code: &str, verifier: Option<&str>) -> (StatusCode, Value) {
+    let mut fields = vec![
+        ("grant_type", "authorization_code"),
+        ("code", code),
+        ("client_id", CLIENT),
+        ("redirect_uri", REDIRECT),
+    ];
+    if let Some(v) = verifier {
+        fields.push(("code_verifier", v));
+    }
+    token(base, &fields).await
+}
+
+#[tokio::test]
+async fn a_full_flow_then_the_resource_and_a_refresh() {
+    let (legacy, upstream) = legacy().await;
+    let proxy = Proxy::start(upstream, &[]).await;
+    let base = proxy.url("");
+    let (code, pkce) = code(&base).await;
+
+    let (status, body) = redeem(&base, &code, Some(&pkce.verifier)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let access = body["access_token"].as_str().unwrap();
+    // The form reaches the upstream as sent (it ignores the verifier, RFC 6749 §3.2).
+    assert!(body["received"]
+        .as_str()
+        .unwrap()
+        .contains("code_verifier="));
+
+    let resource = reqwest::Client::new()
+        .get(proxy.url("/resource"))
+        .bearer_auth(access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resource.status(), StatusCode::OK);
+    assert_eq!(resource.text().await.unwrap(), "protected resource");
+
+    // Other grants pass through byte for byte.
+    let refresh = body["refresh_token"].as_str().unwrap();
+    let (status, body) = token(
+        &base,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh),
+            ("client_id", CLIENT),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["received"],
+        format!("grant_type=refresh_token&refresh_token={refresh}&client_id={CLIENT}")
+    );
+    assert_eq!(legacy.token_bodies.lock().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn attacks_are_refused_that_the_legacy_server_alone_would_allow() {
+    let (_legacy, upstream) = legacy().await;
+    let proxy = Proxy::start(upstream, &[]).await;
+    let base = proxy.url("");
+    let direct = format!("http://{upstream}");
+
+    // A stolen code without the verifier: the bare server takes it, the proxy does not.
+    let (code, pkce) = code(&base).await;
+    assert_eq!(redeem(&direct, &code, None).await.0, StatusCode::OK);
+    let (status, body) = redeem(&base, &code, None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"], "invalid_grant");
+
+    // A wrong verifier.
+    let wrong = Pkce::new();
+    let (status, body) = redeem(&base, &code, Some(&wrong.verifier)).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_grant"))
+    );
+
+    // The owner still redeems it, once; a replay is refused though the server would allow it.
+    assert_eq!(
+        redeem(&base, &code, Some(&pkce.verifier)).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(redeem(&direct, &code, None).await.0, StatusCode::OK);
+    let (status, body) = redeem(&base, &code, Some(&pkce.verifier)).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_grant"))
+    );
+
+    // No challenge: refused at authorize, never a redirect with a code.
+    let query = support::authorize_query(CLIENT, REDIRECT, Some("s"), None);
+    let refused = reqwest::Client::builder()
+        .redirect(Policy::none())
+        .build()
+        .unwrap()
+        .get(proxy.url(&format!("/authorize?{query}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    assert!(refused.headers().get("location").is_none());
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_request");
+
+    // A code the proxy never saw issued (taken straight from the server) is refused.
+    let unknown = params(&direct_code(&direct).await)["code"].clone();
+    let (status, body) = redeem(&base, &unknown, Some(&pkce.verifier)).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_grant"))
+    );
+}
+
+/// A code obtained from the legacy server directly, around the proxy.
+async fn direct_code(direct: &str) -> String {
+    let query = support::authorize_query(CLIENT, REDIRECT, Some("s"), None);
+    sign_in_flow(&browser(), direct, &query).await
+}
+
+#[tokio::test]
+async fn an_exempt_confidential_client_goes_through_without_pkce() {
+    let (_legacy, upstream) = legacy().await;
+    let proxy = Proxy::start(upstream, &["--exempt-client", CONFIDENTIAL]).await;
+    let base = proxy.url("");
+    let query = support::authorize_query(
+        CONFIDENTIAL,
+        support::CONFIDENTIAL_REDIRECT,
+        Some("s"),
+        None,
+    );
+    let location = sign_in_flow(&browser(), &base, &query).await;
+    let code = params(&location)["code"].clone();
+    let response = reqwest::Client::new()
+        .post(proxy.url("/token"))
+        .basic_auth(CONFIDENTIAL, Some(CONFIDENTIAL_SECRET))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("redirect_uri", support::CONFIDENTIAL_REDIRECT),
+            ("client_secret", CONFIDENTIAL_SECRET),
+        ])
+        .send()
+        .await
+        .unwrap();
+    // Basic plus a body secret is two authentication methods: refused.
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let (status, body) = token(
+        &base,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("redirect_uri", support::CONFIDENTIAL_REDIRECT),
+            ("client_id", CONFIDENTIAL),
+            ("client_secret", CONFIDENTIAL_SECRET),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // Recorded as unbound: a verifier now would be a downgrade, and the code is used anyway.
+    let (status, _) = token(
+        &base,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("client_id", CONFIDENTIAL),
+            ("client_secret", CONFIDENTIAL_SECRET),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn discovery_advertises_s256() {
+    let (_legacy, upstream) = legacy().await;
+    let proxy = Proxy::start(upstream, &[]).await;
+    let doc: Value = reqwest::get(proxy.url("/.well-known/openid-configuration"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        doc["code_challenge_methods_supported"],
+        serde_json::json!(["S256"])
+    );
+    assert_eq!(doc["issuer"], "https://as.example");
+}
+
+#[tokio::test]
+async fn everything_else_passes_through_untouched() {
+    let (_legacy, upstream) = legacy().await;
+    let proxy = Proxy::start(upstream, &[]).await;
+    let client = reqwest::Client::new();
+
+    let response = client
+        .request(
+            reqwest::Method::PATCH,
+            proxy.url("/headers?a=1&b=%2F&state=not-oauth"),
+        )
+        .header("x-custom", "kept")
+        .header("connection", "x-hop")
+        .header("x-hop", "dropped")
+        .header("x-forwarded-for", "6.6.6.6")
+        .header("x-forwarded-host", "evil.example")
+        .header("forwarded", "for=6.6.6.6")
+        .header("x-real-ip", "6.6.6.6")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::IM_A_TEAPOT);
+    let cookies: Vec<&str> = response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(cookies, ["a=1; Path=/", "b=2; Path=/; HttpOnly"]);
+    assert_eq!(response.headers()["x-upstream"], "legacy");
+    let seen: Value = response.json().await.unwrap();
+    assert_eq!(seen["method"], "PATCH");
+    assert_eq!(seen["uri"], "/headers?a=1&b=%2F&state=not-oauth");
+    let headers: Vec<(String, String)> = serde_json::from_value(seen["headers"].clone()).unwrap();
+    let get = |name: &str| -> Vec<&str> {
+        headers
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    };
+    assert_eq!(get("host"), [proxy.addr.to_string()], "Host is preserved");
+    assert_eq!(get("x-custom"), ["kept"]);
+    assert!(get("x-hop").is_empty(), "named by Connection: hop-by-hop");
+    assert_eq!(
+        get("x-forwarded-for"),
+        ["127.0.0.1"],
+        "the client's claim is dropped"
+    );
+    assert_eq!(get("x-forwarded-proto"), ["http"]);
+    assert_eq!(get("x-forwarded-host"), [proxy.addr.to_string()]);
+    assert!(get("forwarded").is_empty() && get("x-real-ip").is_empty());
+
+    // A large body (just under the legacy server's own 2 MB limit) streams through both ways
+    // unchanged.
+    let big: Vec<u8> = (0..1_900_000).map(|i| (i * 7 % 251) as u8).collect();
+    let echoed = client
+        .post(proxy.url("/echo"))
+        .header("content-type", "application/octet-stream")
+        .body(big.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(echoed.status(), StatusCode::OK);
+    assert_eq!(
+        echoed.headers()["x-content-type"],
+        "application/octet-stream"
+    );
+    assert_eq!(echoed.bytes().await.unwrap(), big);
+
+    // An absolute Location to elsewhere is left as it is.
+    let go = reqwest::Client::builder()
+        .redirect(Policy::none())
+        .build()
+        .unwrap()
+        .get(proxy.url("/go?to=https%3A%2F%2Felsewhere.example%2Fx%3Fy%3D1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(go.status(), StatusCode::FOUND);
+    assert_eq!(go.headers()["location"], "https://elsewhere.example/x?y=1");
+}
+
+#[tokio::test]
+async fn forwarding_headers_are_kept_when_trusted() {
+    let (_legacy, upstream) = legacy().await;
+    let proxy = Proxy::start(upstream, &["--trust-forwarded"]).await;
+    let seen: Value = reqwest::Client::new()
+        .get(proxy.url("/headers"))
+        .header("x-forwarded-for", "203.0.113.9")
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-host", "login.example")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let headers: Vec<(String, String)> = serde_json::from_value(seen["headers"].clone()).unwrap();
+    let get = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(
+        get("x-forwarded-for").as_deref(),
+        Some("203.0.113.9, 127.0.0.1")
+    );
+    assert_eq!(get("x-forwarded-proto").as_deref(), Some("https"));
+    assert_eq!(get("x-forwarded-host").as_deref(), Some("login.example"));
+}
+
+#[tokio::test]
+async fn http2_clients_complete_flows() {
+    let (_legacy, upstream) = legacy().await;
+    let proxy = Proxy::start(upstream, &[]).await;
+    let base = proxy.url("");
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .cookie_store(true)
+        .redirect(Policy::custom(|a| {
+            if a.url().host_str() == Some("127.0.0.1") {
+                a.follow()
+            } else {
+                a.stop()
+            }
+        }))
+        .build()
+        .unwrap();
+    let pkce = Pkce::new();
+    let query = support::authorize_query(CLIENT, REDIRECT, Some("h2"), Some(&pkce.challenge));
+    let location = sign_in_flow(&h2, &base, &query).await;
+    let p = params(&location);
+    assert_eq!(p["state"], "h2");
+    let response = h2
+        .post(proxy.url("/token"))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", p["code"].as_str()),
+            ("client_id", CLIENT),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", pkce.verifier.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    assert_eq!(response.status(), StatusCode::OK);
+    // Host comes from :authority.
+    let seen: Value = h2
+        .get(proxy.url("/headers"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let headers: Vec<(String, String)> = serde_json::from_value(seen["headers"].clone()).unwrap();
+    assert!(
+        headers.contains(&("host".into(), proxy.addr.to_string())),
+        "{headers:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_upstream_is_502_and_json_on_oauth_endpoints() {
+    // A port nobody listens on.
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let proxy = Proxy::start(closed, &["--connect-timeout", "2s"]).await;
+    let (status, body) = redeem(&proxy.url(""), "some-code", Some(&Pkce::new().verifier)).await;
+    // An unknown code is refused before anything is forwarded.
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_grant"))
+    );
+
+    let pkce = Pkce::new();
+    let query = support::authorize_query(CLIENT, REDIRECT, Some("s"), Some(&pkce.challenge));
+    let response = reqwest::get(proxy.url(&format!("/authorize?{query}")))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(response.headers()["retry-after"], "1");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "temporarily_unavailable");
+
+    let response = reqwest::get(proxy.url("/resource")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+}
+
+#[tokio::test]
+async fn a_slow_upstream_is_504() {
+    let (_legacy, upstream) = legacy().await;
+    let proxy = Proxy::start(upstream, &["--upstream-timeout", "300ms"]).await;
+    let started = Instant::now();
+    let response = reqwest::get(proxy.url("/slow?ms=3000")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // Fast requests are unaffected.
+    let response = reqwest::get(proxy.url("/slow?ms=10")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+/// Writes `head` and part of a body on a raw connection, then stalls; returns what the proxy
+/// answered and whether it closed the connection.
+async fn stall(addr: SocketAddr, head: &str) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .expect("the proxy kept a stalled connection open")
+        .unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn a_stalled_upload_gets_408_and_others_are_not_delayed() {
+    let (_legacy, upstream) = legacy().await;
+    let proxy = Proxy::start(upstream, &["--body-timeout", "500ms"]).await;
+    let addr = proxy.addr;
+    let pass_through = tokio::spawn(stall(
+        addr,
+        "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly part",
+    ));
+    let token = tokio::spawn(stall(
+        addr,
+        "POST /token HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\ngrant_type=auth",
+    ));
+    // Meanwhile, another client is served at once.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let response = reqwest::get(proxy.url("/resource")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(started.elapsed() < Duration::from_millis(400));
+
+    let answer = pass_through.await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    let answer = token.await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"error\":\"invalid_request\""), "{answer}");
+}
+
+#[tokio::test]
+async fn stalled_request_headers_close_the_connection() {
+    let (_legacy, upstream) = legacy().await;
+    let proxy = Proxy::start(upstream, &["--header-timeout", "500ms"]).await;
+    let started = Instant::now();
+    let answer = stall(proxy.addr, "GET /resource HTTP/1.1\r\nHost: x\r\n").await;
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(!answer.contains("200 OK"), "{answer}");
+}
+
+#[tokio::test]
+async fn bad_configuration_is_one_line_and_exit_status_2() {
+    let dir = std::env::temp_dir().join(format!("pkce-proxy-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad_toml = dir.join("bad.toml");
+    std::fs::write(&bad_toml, "upstream = \"http://127.0.0.1:1\"\nmode = [\n").unwrap();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec![
+                "--upstream".into(),
+                "http://127.0.0.1:1".into(),
+                "--no-such-flag".into(),
+            ],
+            "unexpected argument",
+        ),
+        (
+            vec!["--upstream".into(), "not a url".into()],
+            "invalid --upstream",
+        ),
+        (
+            vec!["--upstream".into(), "ftp://127.0.0.1".into()],
+            "http or https",
+        ),
+        (
+            vec![
+                "--config".into(),
+                dir.join("missing.toml").display().to_string(),
+            ],
+            "cannot read config file",
+        ),
+        (
+            vec!["--config".into(), bad_toml.display().to_string()],
+            "line ",
+        ),
+        (
+            vec![
+                "--upstream".into(),
+                "http://127.0.0.1:1".into(),
+                "--pending-ttl".into(),
+                "soon".into(),
+            ],
+            "invalid --pending-ttl",
+        ),
+        (vec![], "--upstream URL is required"),
+    ];
+    for (args, expected) in cases {
+        let out = Command::new(BIN)
+            .args(&args)
+            .env_remove("PKCE_PROXY_UPSTREAM")
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(
+            stderr.lines().count(),
+            1,
+            "{args:?}: one line, got {stderr:?}"
+        );
+        assert!(
+            stderr.contains(expected),
+            "{args:?}: {stderr:?} lacks {expected:?}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+    // An address already in use is a runtime failure, status 1.
+    let taken = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "--upstream",
+            "http://127.0.0.1:1",
+            "--listen",
+            &taken.local_addr().unwrap().to_string(),
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot listen on"));
+}
+
+#[tokio::test]
+async fn precedence_is_flag_then_environment_then_file_then_default() {
+    let dir = std::env::temp_dir().join(format!("pkce-proxy-prec-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("proxy.toml");
+    std::fs::write(
+        &file,
+        r#"
+upstream = "http://file.example:9000"
+listen = "127.0.0.1:7001"
+mode = "report"
+pending_ttl = "3m"
+code_ttl = "4m"
+[clients.backend]
+exempt = true
+redirect_uris = ["https://backend.example/cb"]
+"#,
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "--config",
+            &file.display().to_string(),
+            "--print-config",
+            "--pending-ttl",
+            "1m",
+        ])
+        .env("PKCE_PROXY_PENDING_TTL", "2m")
+        .env("PKCE_PROXY_CODE_TTL", "5m")
+        .env("PKCE_PROXY_MODE", "enforce")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let value = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key} = ")))
+            .unwrap_or_else(|| panic!("{key} missing in {text}"))
+            .to_owned()
+    };
+    assert_eq!(value("pending_ttl"), "\"1m\"", "flag over env over file");
+    assert_eq!(value("code_ttl"), "\"5m\"", "env over file");
+    assert_eq!(value("mode"), "\"enforce\"", "env over file");
+    assert_eq!(value("listen"), "\"127.0.0.1:7001\"", "file over default");
+    assert_eq!(value("upstream"), "\"http://file.example:9000/\"");
+    assert_eq!(value("max_pending"), "100000", "default");
+    assert!(text.contains("[clients.\"backend\"]\nexempt = true\nredirect_uris = [\"https://backend.example/cb\"]"), "{text}");
+}
+
+#[tokio::test]
+async fn admin_endpoints_report_health_and_decisions() {
+    let (_legacy, upstream) = legacy().await;
+    let proxy = Proxy::start(upstream, &["--admin-listen", "127.0.0.1:0"]).await;
+    let base = proxy.url("");
+    let (code, pkce) = code(&base).await;
+    assert_eq!(redeem(&base, &code, None).await.0, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        redeem(&base, &code, Some(&pkce.verifier)).await.0,
+        StatusCode::OK
+    );
+
+    let health = reqwest::get(proxy.admin_url("/healthz")).await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    let ready = reqwest::get(proxy.admin_url("/readyz")).await.unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+    let metrics = reqwest::get(proxy.admin_url("/metrics")).await.unwrap();
+    assert!(metrics.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    let text = metrics.text().await.unwrap();
+    for line in [
+        "pkce_decisions_total{outcome=\"refused\",reason=\"verifier_required\"} 1",
+        "pkce_decisions_total{outcome=\"allowed\",reason=\"verified\"} 1",
+        "pkce_proxy_request_duration_seconds_count{endpoint=\"token\"} 2",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+    }
+    assert_eq!(
+        reqwest::get(proxy.admin_url("/nope"))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+    // The admin endpoints are not on the public listener.
+    let public = reqwest::get(proxy.url("/metrics")).await.unwrap();
+    assert!(!public
+        .text()
+        .await
+        .unwrap()
+        .contains("pkce_decisions_total"));
+}
+
+#[tokio::test]
+async fn sigterm_lets_in_flight_requests_finish() {
+    let (_legacy, upstream) = legacy().await;
+    let proxy = Proxy::start(upstream, &[]).await;
+    let slow = tokio::spawn(reqwest::get(proxy.url("/slow?ms=800")));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let addr = proxy.addr;
+    let (status, _) = proxy.stop().await;
+    assert!(status.success(), "{status}");
+    let response = slow.await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.text().await.unwrap(), "slow");
+    assert!(TcpStream::connect(addr).await.is_err(), "still accepting");
+}
+
+#[tokio::test]
+async fn logs_hold_no_secrets_even_at_trace() {
+    let (legacy, upstream) = legacy().await;
+    let proxy =
+        Proxy::start_with(&format!("http://{upstream}"), &[], &[("RUST_LOG", "trace")]).await;
+    let base = proxy.url("");
+    let (code, pkce) = code(&base).await;
+    let wrong = Pkce::new();
+    redeem(&base, &code, Some(&wrong.verifier)).await;
+    let (status, _) = redeem(&base, &code, Some(&pkce.verifier)).await;
+    assert_eq!(status, StatusCode::OK);
+    redeem(&base, &code, Some(&pkce.verifier)).await;
+    let (_, log) = proxy.stop().await;
+
+    assert!(
+        log.contains("verifier_mismatch") && log.contains("code_reused"),
+        "{log}"
+    );
+    let mut secrets = vec![
+        code,
+        pkce.verifier,
+        wrong.verifier,
+        "st 1/é".to_owned(),
+        support::urlencode("st 1/é"),
+    ];
+    secrets.extend(legacy.issued.lock().unwrap().iter().cloned());
+    for secret in &secrets {
+        assert!(
+            !log.contains(secret.as_str()),
+            "{secret:?} leaked into the log"
+        );
+    }
+}
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line() {
+    let (_legacy, upstream) = legacy().await;
+    let proxy = Proxy::start(upstream, &["--log-format", "json"]).await;
+    let query = support::authorize_query(CLIENT, REDIRECT, Some("s"), None);
+    reqwest::get(proxy.url(&format!("/authorize?{query}")))
+        .await
+        .unwrap();
+    let (_, log) = proxy.stop().await;
+    assert!(log.lines().count() >= 2, "{log}");
+    for line in log.lines() {
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["level"].is_string(), "{line}");
+    }
+    assert!(log.contains("challenge_required"));
+}
