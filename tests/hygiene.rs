@@ -152,3 +152,45 @@ async fn store_failures_fail_closed() {
     );
     assert_eq!(layer.metrics().refused(Reason::StoreUnavailable), 4);
 }
+
+/// A body that sends a few bytes, then fails the way a stalled upload does in `pkce-proxy`.
+struct Stalled(bool);
+
+impl http_body::Body for Stalled {
+    type Data = axum::body::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        if std::mem::replace(&mut self.0, true) {
+            std::task::Poll::Ready(Some(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "stalled",
+            ))))
+        } else {
+            std::task::Poll::Ready(Some(Ok(http_body::Frame::data("grant_type=auth".into()))))
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_body_that_times_out_is_408_and_nothing_is_forwarded() {
+    let legacy = Legacy::default();
+    let app = legacy.router().layer(PkceLayer::new());
+    for path in ["/token", "/authorize"] {
+        let req = axum::http::Request::post(path)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(axum::body::Body::new(Stalled(false)))
+            .unwrap();
+        let response = app.send(req).await;
+        assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT, "{path}");
+        assert_eq!(
+            response.extensions().get::<Reason>(),
+            Some(&Reason::BodyTimeout)
+        );
+        assert_eq!(json_body(&response)["error"], "invalid_request", "{path}");
+    }
+    assert!(legacy.token_bodies.lock().unwrap().is_empty());
+}

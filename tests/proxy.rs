@@ -6,6 +6,7 @@
 
 mod support;
 
+use std::future::IntoFuture as _;
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -891,4 +892,40 @@ async fn json_logs_are_one_object_per_line() {
         assert!(v["level"].is_string(), "{line}");
     }
     assert!(log.contains("challenge_required"));
+}
+
+#[tokio::test]
+async fn a_token_request_the_upstream_never_received_leaves_the_code_usable() {
+    let legacy = Legacy::default();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        axum::serve(listener, legacy.router())
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .into_future(),
+    );
+    let proxy = Proxy::start(upstream, &[]).await;
+    let base = proxy.url("");
+    let (code, pkce) = code(&base).await;
+
+    // The legacy server goes away; the token request cannot be delivered.
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+    let (status, body) = redeem(&base, &code, Some(&pkce.verifier)).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert_eq!(body["error"], "temporarily_unavailable");
+
+    // It comes back on the same port with the same codes: the client's retry succeeds, once.
+    let listener = TcpListener::bind(upstream).await.unwrap();
+    tokio::spawn(axum::serve(listener, legacy.router()).into_future());
+    let (status, body) = redeem(&base, &code, Some(&pkce.verifier)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = redeem(&base, &code, Some(&pkce.verifier)).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_grant"))
+    );
 }

@@ -46,7 +46,7 @@
 use std::convert::Infallible;
 use std::ffi::OsString;
 use std::future::Future;
-use std::io;
+use std::io::{self, Write as _};
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -258,7 +258,7 @@ where
     let (config, print) = match config::load(args) {
         Ok(loaded) => loaded,
         Err(e) if e.exit_code() == 0 => {
-            print!("{e}");
+            let _ = write!(io::stdout(), "{e}");
             return ExitCode::SUCCESS;
         }
         Err(e) => {
@@ -267,7 +267,7 @@ where
         }
     };
     if print {
-        print!("{}", config.render());
+        let _ = write!(io::stdout(), "{}", config.render());
         return ExitCode::SUCCESS;
     }
     init_logging(config.log_format);
@@ -283,10 +283,12 @@ where
     };
     let served = runtime.block_on(async move {
         let proxy = Proxy::bind(config).await?;
-        // Printed, not logged: scripts wait for this line whatever the log settings.
-        println!("listening on {}", proxy.local_addr());
+        // Printed, not logged: scripts wait for this line whatever the log settings. A closed
+        // standard output is no reason to stop.
+        let mut out = io::stdout();
+        let _ = writeln!(out, "listening on {}", proxy.local_addr());
         if let Some(admin) = proxy.admin_addr() {
-            println!("admin listening on {admin}");
+            let _ = writeln!(out, "admin listening on {admin}");
         }
         tracing::info!(
             target: "pkce_proxy",
