@@ -809,6 +809,7 @@ async fn admin_endpoints_report_health_and_decisions() {
         "pkce_decisions_total{outcome=\"refused\",reason=\"verifier_required\"} 1",
         "pkce_decisions_total{outcome=\"allowed\",reason=\"verified\"} 1",
         "pkce_proxy_request_duration_seconds_count{endpoint=\"token\"} 2",
+        "pkce_proxy_requests_in_flight 0",
     ] {
         assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
     }
@@ -928,4 +929,19 @@ async fn a_token_request_the_upstream_never_received_leaves_the_code_usable() {
         (status, body["error"].as_str()),
         (StatusCode::BAD_REQUEST, Some("invalid_grant"))
     );
+}
+
+#[tokio::test]
+async fn connect_tunnels_are_refused() {
+    let (_legacy, upstream) = legacy().await;
+    let proxy = Proxy::start(upstream, &[]).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"CONNECT internal.example:22 HTTP/1.1\r\nHost: internal.example:22\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = vec![0; 64];
+    let n = stream.read(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
 }

@@ -109,7 +109,18 @@ impl Front {
     async fn handle(mut self, mut req: Request<Incoming>) -> ProxyResult<ProxyBody> {
         let started = Instant::now();
         let shared = self.shared.clone();
-        shared.stats.request_started();
+        // Counted down on drop too: a client may hang up before its response.
+        let _in_flight = InFlight::new(&shared);
+        if req.method() == http::Method::CONNECT {
+            // A reverse proxy for one server does not open tunnels.
+            let response = shared.error_response(
+                false,
+                StatusCode::METHOD_NOT_ALLOWED,
+                "invalid_request",
+                "CONNECT is not supported",
+            );
+            return Ok(response.map(Either::Right));
+        }
         let endpoint = shared.endpoint(req.uri().path());
         let oauth = endpoint != crate::service::Endpoint::Other;
         let method = req.method().clone();
@@ -134,7 +145,6 @@ impl Front {
             Err(e) => error_response(&shared, oauth, &e).map(Either::Right),
         };
         shared.stats.observe(endpoint, started.elapsed());
-        shared.stats.request_finished();
         tracing::debug!(
             target: "pkce_proxy::access",
             method = %method,
@@ -144,6 +154,22 @@ impl Front {
             "request"
         );
         Ok(response)
+    }
+}
+
+/// Counts a request in flight for as long as it lives.
+struct InFlight<'a>(&'a Shared);
+
+impl<'a> InFlight<'a> {
+    fn new(shared: &'a Shared) -> Self {
+        shared.stats.request_started();
+        Self(shared)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.stats.request_finished();
     }
 }
 
