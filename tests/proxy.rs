@@ -174,7 +174,7 @@ async fn sign_in_flow(browser: &reqwest::Client, base: &str, query: &str) -> Str
 }
 
 /// A flow with a fresh challenge; returns the code and the pair.
-async fn code(base: &str) -> (String, Pkce) {
+async fn new_code(base: &str) -> (String, Pkce) {
     let pkce = Pkce::new();
     let query = support::authorize_query(CLIENT, REDIRECT, Some("st 1/é"), Some(&pkce.challenge));
     let location = sign_in_flow(&browser(), base, &query).await;
@@ -213,7 +213,7 @@ async fn a_full_flow_then_the_resource_and_a_refresh() {
     let (legacy, upstream) = legacy().await;
     let proxy = Proxy::start(upstream, &[]).await;
     let base = proxy.url("");
-    let (code, pkce) = code(&base).await;
+    let (code, pkce) = new_code(&base).await;
 
     let (status, body) = redeem(&base, &code, Some(&pkce.verifier)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -260,7 +260,7 @@ async fn attacks_are_refused_that_the_legacy_server_alone_would_allow() {
     let direct = format!("http://{upstream}");
 
     // A stolen code without the verifier: the bare server takes it, the proxy does not.
-    let (code, pkce) = code(&base).await;
+    let (code, pkce) = new_code(&base).await;
     assert_eq!(redeem(&direct, &code, None).await.0, StatusCode::OK);
     let (status, body) = redeem(&base, &code, None).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
@@ -788,7 +788,7 @@ async fn admin_endpoints_report_health_and_decisions() {
     let (_legacy, upstream) = legacy().await;
     let proxy = Proxy::start(upstream, &["--admin-listen", "127.0.0.1:0"]).await;
     let base = proxy.url("");
-    let (code, pkce) = code(&base).await;
+    let (code, pkce) = new_code(&base).await;
     assert_eq!(redeem(&base, &code, None).await.0, StatusCode::BAD_REQUEST);
     assert_eq!(
         redeem(&base, &code, Some(&pkce.verifier)).await.0,
@@ -850,14 +850,38 @@ async fn logs_hold_no_secrets_even_at_trace() {
     let proxy =
         Proxy::start_with(&format!("http://{upstream}"), &[], &[("RUST_LOG", "trace")]).await;
     let base = proxy.url("");
-    let (code, pkce) = code(&base).await;
+    let (code, pkce) = new_code(&base).await;
     let wrong = Pkce::new();
     redeem(&base, &code, Some(&wrong.verifier)).await;
     let (status, _) = redeem(&base, &code, Some(&pkce.verifier)).await;
     assert_eq!(status, StatusCode::OK);
     redeem(&base, &code, Some(&pkce.verifier)).await;
+    // HTTP/2 too, whose library logs frames at trace level.
+    let (code2, pkce2) = new_code(&base).await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let response = h2
+        .post(proxy.url("/token"))
+        .basic_auth(CLIENT, Some("a-client-secret-value"))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", code2.as_str()),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", pkce2.verifier.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    assert_eq!(response.status(), StatusCode::OK);
     let (_, log) = proxy.stop().await;
 
+    assert!(
+        log.contains("h2"),
+        "h2 traced nothing: the test would prove little"
+    );
     assert!(
         log.contains("verifier_mismatch") && log.contains("code_reused"),
         "{log}"
@@ -866,6 +890,9 @@ async fn logs_hold_no_secrets_even_at_trace() {
         code,
         pkce.verifier,
         wrong.verifier,
+        code2,
+        pkce2.verifier,
+        "a-client-secret-value".to_owned(),
         "st 1/é".to_owned(),
         support::urlencode("st 1/é"),
     ];
@@ -910,7 +937,7 @@ async fn a_token_request_the_upstream_never_received_leaves_the_code_usable() {
     );
     let proxy = Proxy::start(upstream, &[]).await;
     let base = proxy.url("");
-    let (code, pkce) = code(&base).await;
+    let (code, pkce) = new_code(&base).await;
 
     // The legacy server goes away; the token request cannot be delivered.
     stop.send(()).unwrap();
