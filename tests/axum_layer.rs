@@ -1074,7 +1074,8 @@ async fn authorize_bodies_that_are_not_forms_and_oversized_values_are_refused() 
         &app.send(get(&format!("/authorize?{long_state}"))).await,
         Reason::ParameterTooLong,
     );
-    // An empty state pair is replaced, not duplicated, and the client gets no state back.
+    // An empty state pair is replaced, not duplicated, and the client gets its empty state
+    // back (RFC 6749 §4.1.2: present in the request, present in the response).
     let pkce = Pkce::new();
     let query_empty = format!(
         "state=&{}",
@@ -1084,7 +1085,8 @@ async fn authorize_bodies_that_are_not_forms_and_oversized_values_are_refused() 
     let next = query_of(&location(&first)).remove("next").unwrap();
     assert_eq!(next.matches("state=").count(), 1, "{next}");
     let params = browser_flow(&app, &query_empty).await;
-    assert!(!params.contains_key("state"));
+    assert_eq!(params.get("state").map(String::as_str), Some(""));
+    assert!(params["_location"].contains("state=&") || params["_location"].ends_with("state="));
     let _ = query;
 }
 

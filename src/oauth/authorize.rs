@@ -75,16 +75,15 @@ pub(crate) fn parse(query: &[u8], body: Option<&[u8]>) -> Result<AuthorizeParams
     let response_type = utf8(value("response_type"))?.unwrap_or_default();
     let tokens: Vec<&str> = response_type.split(' ').filter(|t| !t.is_empty()).collect();
     let wants_code = tokens.iter().any(|t| t.eq_ignore_ascii_case("code"));
-    // An empty `state` is no state, but its pair is still where the handle goes, so the
-    // upstream never sees two.
+    // An empty `state` is still a state (RFC 6749 §4.1.2: present in the request, present in
+    // the response), and its pair is where the handle goes.
     let state_pair = lookup("state");
-    let state_param = state_pair.filter(|(_, p)| !p.value.is_empty());
     Ok(AuthorizeParams {
         wants_code,
         hybrid: wants_code && tokens.len() > 1,
         client_id: utf8(value("client_id"))?,
         redirect_uri: utf8(value("redirect_uri"))?,
-        state: utf8(state_param.map(|(_, p)| p.value.as_ref()))?,
+        state: utf8(state_pair.map(|(_, p)| p.value.as_ref()))?,
         state_at: state_pair.map(|(part, p)| (part, p.span.clone())),
         challenge: utf8(value("code_challenge"))?,
         method: utf8(value("code_challenge_method"))?,
@@ -220,7 +219,7 @@ mod tests {
         let p = parse(b"state=xyz&response_type=code", Some(b"client_id=a")).unwrap();
         assert_eq!(p.state_at, Some((Part::Query, 0..9)));
         let p = parse(b"state=&response_type=code", None).unwrap();
-        assert_eq!(p.state, None, "empty state is no state");
+        assert_eq!(p.state.as_deref(), Some(""), "an empty state is a state");
         assert_eq!(
             p.state_at,
             Some((Part::Query, 0..6)),
