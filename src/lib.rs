@@ -63,6 +63,13 @@
 //! - `response_mode=form_post` responses (a 200 HTML page) are not yet rewritten: their codes
 //!   stay unknown to the layer, so they fail closed at the token endpoint.
 //!
+//! # The proxy
+//!
+//! With the default feature `proxy`, the crate also builds `pkce-proxy`, a reverse proxy with
+//! this layer inside, to put in front of a legacy server without changing it; [`proxy`] runs
+//! the same server in-process. Library users can drop its dependencies with
+//! `default-features = false`.
+//!
 //! # Observability
 //!
 //! One `tracing` event per decision (target `tower_pkce`), with `endpoint`, `client_id`,
