@@ -584,7 +584,7 @@ struct Redemption {
 async fn decide_token(
     shared: &Shared,
     code: StoreKey,
-    client: Option<&str>,
+    client: Option<&token::ClientName>,
     verifier: Option<&Result<CodeVerifier, ()>>,
 ) -> Result<(Pass, Redemption), Reason> {
     let config = &shared.config;
@@ -596,7 +596,11 @@ async fn decide_token(
         if verifier.is_some() {
             return Err(Reason::UnknownCode);
         }
-        return match client.filter(|c| config.is_exempt(c)) {
+        // Exemption goes by the strict (RFC 6749) reading only.
+        return match client
+            .map(|c| c.name.as_str())
+            .filter(|c| config.is_exempt(c))
+        {
             Some(client) => {
                 let binding = CodeBinding::new(None, client);
                 match store
@@ -625,7 +629,7 @@ async fn decide_token(
     let binding = record.binding();
     let refusal = match (client, binding.challenge()) {
         (None, _) => Some(Reason::MissingClient),
-        (Some(c), _) if c != binding.client_id() => Some(Reason::WrongClient),
+        (Some(c), _) if !c.is(binding.client_id()) => Some(Reason::WrongClient),
         (Some(_), Some(challenge)) => match verifier {
             None => Some(Reason::VerifierRequired),
             Some(Err(())) => Some(Reason::MalformedVerifier),
@@ -642,7 +646,7 @@ async fn decide_token(
                 Ok(Some(CodeState::Burned)) => {
                     log(
                         "token",
-                        client,
+                        client.map(|c| c.name.as_str()),
                         Outcome::Refused,
                         "code_burned_now",
                         Some(&code),
@@ -806,7 +810,8 @@ async fn check_token(
         (Some(value), None) => token::basic_client_id(value).map_err(plain)?,
         (Some(_), Some(_)) => return Err(plain(Reason::MultipleClientAuth)),
     };
-    let client = token::client_identity(&params, basic).map_err(plain)?;
+    let identity = token::client_identity(&params, basic).map_err(plain)?;
+    let client = identity.as_ref().map(|c| c.name.clone());
     let Some(code) = params.code.as_deref().map(StoreKey::for_code) else {
         return Err((Reason::MissingCode, client, None));
     };
@@ -814,7 +819,7 @@ async fn check_token(
         .verifier
         .as_deref()
         .map(|v| CodeVerifier::parse(v).map_err(|_| ()));
-    match decide_token(shared, code, client.as_deref(), verifier.as_ref()).await {
+    match decide_token(shared, code, identity.as_ref(), verifier.as_ref()).await {
         Ok((pass, redemption)) => {
             allow(shared, EP, client.as_deref(), pass, Some(&code));
             Ok(TokenCheck::Redeem {

@@ -1120,3 +1120,43 @@ async fn an_exempt_clients_unknown_code_is_single_use_once_forwarded() {
         "the legacy server alone would accept it again"
     );
 }
+
+#[tokio::test]
+async fn a_basic_user_is_read_raw_or_form_decoded() {
+    // Many clients put a client id such as `svc+prod` into Basic unencoded; RFC 6749 §2.3.1
+    // would read it as `svc prod`. The layer accepts either reading as the code's owner, and
+    // nothing else.
+    let (app, legacy) = build(&layer());
+    let pkce = Pkce::new();
+    let params = browser_flow(
+        &app,
+        &authorize_query(PLUS_CLIENT, PLUS_REDIRECT, Some("s"), Some(&pkce.challenge)),
+    )
+    .await;
+    let code = params["code"].clone();
+    let basic = |user: &str| format!("Basic {}", STANDARD.encode(format!("{user}:secret")));
+    let send = |user: &str, body: String| {
+        let mut req = form_post("/token", &body);
+        req.headers_mut()
+            .insert(header::AUTHORIZATION, basic(user).parse().unwrap());
+        app.send(req)
+    };
+    let grant = |extra: &str| {
+        format!(
+            "grant_type=authorization_code&code={code}&redirect_uri={}&code_verifier={}{extra}",
+            urlencode(PLUS_REDIRECT),
+            pkce.verifier
+        )
+    };
+    // Another client, or a body client_id contradicting both readings: refused.
+    assert_refused(&send("svc", grant("")).await, Reason::WrongClient);
+    assert_refused(
+        &send(PLUS_CLIENT, grant("&client_id=svc")).await,
+        Reason::ClientIdMismatch,
+    );
+    assert!(legacy.token_bodies.lock().unwrap().is_empty());
+    // The raw reading is the owner: forwarded (what the upstream then says is its business).
+    let forwarded = send(PLUS_CLIENT, grant("")).await;
+    assert_eq!(reason(&forwarded), None, "{:?}", forwarded.body());
+    assert_eq!(legacy.token_bodies.lock().unwrap().len(), 1);
+}

@@ -174,9 +174,31 @@ pub(crate) fn parse_form(body: &[u8]) -> Result<TokenParams<'_>, Reason> {
     })
 }
 
-/// Reads the client id from an `Authorization` header: `Ok(None)` for another scheme,
-/// the form-decoded user (RFC 6749 §2.3.1) for Basic.
-pub(crate) fn basic_client_id(header: &HeaderValue) -> Result<Option<String>, Reason> {
+/// The client named by an HTTP Basic user. RFC 6749 §2.3.1 form-encodes the client id
+/// before Basic, but many clients send it raw and many servers read it raw; where the two
+/// readings differ (a `+` or `%` in the id), both are kept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ClientName {
+    /// The form-decoded reading, or the body's `client_id`.
+    pub(crate) name: String,
+    /// The raw reading of a Basic user, where it differs.
+    pub(crate) raw: Option<String>,
+}
+
+impl ClientName {
+    fn plain(name: String) -> Self {
+        Self { name, raw: None }
+    }
+
+    /// Whether either reading is `client_id`.
+    pub(crate) fn is(&self, client_id: &str) -> bool {
+        self.name == client_id || self.raw.as_deref() == Some(client_id)
+    }
+}
+
+/// Reads the client from an `Authorization` header: `Ok(None)` for another scheme, the
+/// form-decoded user (RFC 6749 §2.3.1), and its raw reading where different, for Basic.
+pub(crate) fn basic_client_id(header: &HeaderValue) -> Result<Option<ClientName>, Reason> {
     const LENIENT: GeneralPurpose = GeneralPurpose::new(
         &base64::alphabet::STANDARD,
         GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
@@ -193,33 +215,43 @@ pub(crate) fn basic_client_id(header: &HeaderValue) -> Result<Option<String>, Re
         .iter()
         .position(|&b| b == b':')
         .ok_or(Reason::MalformedBasic)?;
-    let user = params::decode(decoded.get(..colon).unwrap_or_default());
+    let raw_user = decoded.get(..colon).unwrap_or_default();
+    let user = params::decode(raw_user);
     let user = std::str::from_utf8(&user).map_err(|_| Reason::MalformedBasic)?;
     if user.is_empty() {
         return Err(Reason::MalformedBasic);
     }
-    Ok(Some(user.to_owned()))
+    let raw = std::str::from_utf8(raw_user)
+        .ok()
+        .filter(|raw| *raw != user)
+        .map(str::to_owned);
+    Ok(Some(ClientName {
+        name: user.to_owned(),
+        raw,
+    }))
 }
 
 /// Works out which client is redeeming: the HTTP Basic user or the body's `client_id`.
 /// Refuses two authentication methods at once (RFC 6749 §2.3) and a `client_id` that
-/// contradicts the Basic user.
+/// contradicts the Basic user under both its readings.
 pub(crate) fn client_identity(
     params: &TokenParams<'_>,
-    basic: Option<String>,
-) -> Result<Option<String>, Reason> {
+    basic: Option<ClientName>,
+) -> Result<Option<ClientName>, Reason> {
     if params.client_secret && params.client_assertion {
         return Err(Reason::MultipleClientAuth);
     }
     let Some(user) = basic else {
-        return Ok(params.client_id.clone());
+        return Ok(params.client_id.clone().map(ClientName::plain));
     };
     if params.client_secret || params.client_assertion {
         return Err(Reason::MultipleClientAuth);
     }
     match &params.client_id {
-        Some(id) if *id != user => Err(Reason::ClientIdMismatch),
-        _ => Ok(Some(user)),
+        // The body says which reading is meant.
+        Some(id) if user.is(id) => Ok(Some(ClientName::plain(id.clone()))),
+        Some(_) => Err(Reason::ClientIdMismatch),
+        None => Ok(Some(user)),
     }
 }
 
@@ -382,6 +414,7 @@ mod tests {
             (basic("my%3Aapp:se%3Acret"), Ok(Some("my:app"))),
             (basic("my+app:x"), Ok(Some("my app"))),
             (basic("app:"), Ok(Some("app"))),
+            (basic("%FF+:x"), Err(Reason::MalformedBasic)),
             (basic("app"), Err(Reason::MalformedBasic)),
             (basic(":secret"), Err(Reason::MalformedBasic)),
             (basic("%FF:x"), Err(Reason::MalformedBasic)),
@@ -398,11 +431,19 @@ mod tests {
         for (header, expected) in cases {
             let got = basic_client_id(&header);
             assert_eq!(
-                got.as_ref().map(|o| o.as_deref()).map_err(|e| *e),
+                got.as_ref()
+                    .map(|o| o.as_ref().map(|c| c.name.as_str()))
+                    .map_err(|e| *e),
                 expected,
                 "{header:?}"
             );
         }
+        // Where the readings differ, both are kept; where they agree, one.
+        let both = basic_client_id(&basic("svc+prod%2Fx:s")).unwrap().unwrap();
+        assert_eq!(both.name, "svc prod/x");
+        assert_eq!(both.raw.as_deref(), Some("svc+prod%2Fx"));
+        assert!(both.is("svc prod/x") && both.is("svc+prod%2Fx") && !both.is("svc"));
+        assert_eq!(basic_client_id(&basic("app:s")).unwrap().unwrap().raw, None);
     }
 
     #[test]
@@ -432,13 +473,32 @@ mod tests {
             ("client_id=app&client_secret=s", None, Ok(Some("app"))),
         ];
         for (body, basic, expected) in cases {
-            let got = client_identity(&form(body), basic.map(str::to_owned));
+            let basic = basic.map(|b| ClientName::plain(b.to_owned()));
+            let got = client_identity(&form(body), basic.clone());
             assert_eq!(
-                got.as_ref().map(|o| o.as_deref()).map_err(|e| *e),
+                got.as_ref()
+                    .map(|o| o.as_ref().map(|c| c.name.as_str()))
+                    .map_err(|e| *e),
                 expected,
                 "{body} {basic:?}"
             );
         }
+        // A Basic user read two ways: a body client_id matching either reading picks it.
+        let two = || {
+            Some(ClientName {
+                name: "svc prod".into(),
+                raw: Some("svc+prod".into()),
+            })
+        };
+        let picked = client_identity(&form("client_id=svc%2Bprod"), two()).unwrap();
+        assert_eq!(picked, Some(ClientName::plain("svc+prod".into())));
+        let picked = client_identity(&form("client_id=svc+prod"), two()).unwrap();
+        assert_eq!(picked, Some(ClientName::plain("svc prod".into())));
+        assert_eq!(
+            client_identity(&form("client_id=svc"), two()),
+            Err(Reason::ClientIdMismatch)
+        );
+        assert_eq!(client_identity(&form(""), two()).unwrap(), two());
     }
 
     #[test]

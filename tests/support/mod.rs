@@ -31,6 +31,9 @@ pub const OTHER_REDIRECT: &str = "https://other.example/cb";
 pub const CONFIDENTIAL: &str = "backend";
 pub const CONFIDENTIAL_SECRET: &str = "backend-secret-value";
 pub const CONFIDENTIAL_REDIRECT: &str = "https://backend.example/cb";
+/// A client id that reads differently raw and form-decoded.
+pub const PLUS_CLIENT: &str = "svc+prod";
+pub const PLUS_REDIRECT: &str = "https://svc.example/cb";
 
 #[derive(Clone, Default)]
 pub struct Legacy {
@@ -52,6 +55,7 @@ fn registered(client: &str) -> Option<&'static str> {
         CLIENT => Some(REDIRECT),
         OTHER_CLIENT => Some(OTHER_REDIRECT),
         CONFIDENTIAL => Some(CONFIDENTIAL_REDIRECT),
+        PLUS_CLIENT => Some(PLUS_REDIRECT),
         _ => None,
     }
 }
