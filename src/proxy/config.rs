@@ -589,13 +589,18 @@ fn merge(args: Args, file: FileConfig) -> Result<Config, ConfigError> {
         if config.upstream.scheme() != Some(&http::uri::Scheme::HTTPS) {
             return Err(ConfigError::new("--upstream-ca needs an https:// upstream"));
         }
-        std::fs::metadata(&ca).map_err(|e| {
-            ConfigError::new(format!("cannot read --upstream-ca {}: {e}", ca.display()))
-        })?;
+        check_pem(&ca)?;
         config.upstream_ca = Some(ca);
     }
     if let Some(format) = args.log_format.or(file.log_format) {
         config.log_format = format;
+    }
+    if config.connect_timeout >= config.upstream_timeout {
+        // A connect that outlasts the upstream timeout turns a request that was never sent
+        // into a 504, and a code into a redeemed one.
+        return Err(ConfigError::new(
+            "--connect-timeout must be shorter than --upstream-timeout",
+        ));
     }
     Ok(config)
 }
@@ -603,7 +608,13 @@ fn merge(args: Args, file: FileConfig) -> Result<Config, ConfigError> {
 /// An upstream is `http` or `https`, a host, maybe a port, and nothing else: the proxy
 /// forwards every path as it came.
 fn parse_upstream(text: &str) -> Result<Uri, ConfigError> {
-    let bad = |why: &str| ConfigError::new(format!("invalid --upstream {text:?}: {why}"));
+    // Never echo a URL that may carry a password.
+    let shown = if text.contains('@') {
+        "[redacted]"
+    } else {
+        text
+    };
+    let bad = |why: &str| ConfigError::new(format!("invalid --upstream {shown:?}: {why}"));
     let uri: Uri = text.parse().map_err(|_| bad("not a URL"))?;
     match uri.scheme_str() {
         Some("http" | "https") => {}
@@ -625,6 +636,23 @@ fn parse_upstream(text: &str) -> Result<Uri, ConfigError> {
     Ok(uri)
 }
 
+/// An `--upstream-ca` file must hold at least one PEM certificate.
+fn check_pem(path: &Path) -> Result<(), ConfigError> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::CertificateDer;
+    let bad =
+        |why: String| ConfigError::new(format!("invalid --upstream-ca {}: {why}", path.display()));
+    let mut count = 0;
+    for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad(e.to_string()))? {
+        cert.map_err(|e| bad(e.to_string()))?;
+        count += 1;
+    }
+    if count == 0 {
+        return Err(bad("no PEM certificate in the file".into()));
+    }
+    Ok(())
+}
+
 fn parse_addr(name: &str, text: &str) -> Result<SocketAddr, ConfigError> {
     text.parse().map_err(|_| {
         ConfigError::new(format!(
@@ -643,8 +671,14 @@ fn parse_path(name: &str, path: String) -> Result<String, ConfigError> {
     }
 }
 
+/// The longest duration any setting takes: beyond it, deadlines overflow the clock.
+const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+
 fn parse_duration(name: &str, text: &str) -> Result<Duration, ConfigError> {
     match humantime::parse_duration(text.trim()) {
+        Ok(d) if d > MAX_DURATION => Err(ConfigError::new(format!(
+            "invalid --{name} {text:?}: must be at most 24h"
+        ))),
         Ok(d) if !d.is_zero() => Ok(d),
         Ok(_) => Err(ConfigError::new(format!(
             "invalid --{name} {text:?}: must be longer than zero"
@@ -839,6 +873,33 @@ mod tests {
             (&["--upstream", "http://x/oauth"], "", "a path or query"),
             (&["--upstream", "http://u:p@x"], "", "credentials"),
             (
+                &["--upstream", "http://x", "--body-timeout", "300000000000y"],
+                "",
+                "at most 24h",
+            ),
+            (
+                &[
+                    "--upstream",
+                    "http://x",
+                    "--connect-timeout",
+                    "1m",
+                    "--upstream-timeout",
+                    "30s",
+                ],
+                "",
+                "shorter than",
+            ),
+            (
+                &["--upstream", "https://x", "--upstream-ca", "Cargo.toml"],
+                "",
+                "no PEM certificate",
+            ),
+            (
+                &["--upstream", "https://x", "--upstream-ca", "/nonexistent"],
+                "",
+                "invalid --upstream-ca",
+            ),
+            (
                 &["--upstream", "http://x", "--listen", "nowhere"],
                 "",
                 "invalid --listen",
@@ -903,6 +964,7 @@ mod tests {
         for (args, file, expected) in cases {
             let err = parse(args, file).expect_err(&format!("{args:?} {file:?} should fail"));
             let message = err.to_string();
+            assert!(!message.contains("u:p@"), "{message}: a password echoed");
             assert!(
                 message.contains(expected),
                 "{args:?} {file:?}: {message:?} lacks {expected:?}"

@@ -123,10 +123,24 @@ impl Front {
         }
         let endpoint = shared.endpoint(req.uri().path());
         let oauth = endpoint != crate::service::Endpoint::Other;
+        if req.headers().get_all(header::HOST).iter().nth(1).is_some() {
+            // RFC 9112 §3.2: a request with more than one Host is answered 400.
+            let response = shared.error_response(
+                oauth,
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "more than one Host header",
+            );
+            return Ok(response.map(Either::Right));
+        }
         let method = req.method().clone();
         prepare_request(&shared, self.peer, &mut req);
         let req = req.map(|body| TimeoutBody::new(body, shared.body_timeout));
-        let result = self.pkce.call(req).await;
+        // `Upstream` is always ready; the contract is kept all the same.
+        let result = match std::future::poll_fn(|cx| self.pkce.poll_ready(cx)).await {
+            Ok(()) => self.pkce.call(req).await,
+            Err(e) => Err(e),
+        };
         let response = match result {
             Ok(mut response) => {
                 strip_hop_by_hop(response.headers_mut());
@@ -207,8 +221,7 @@ fn error_response(shared: &Shared, oauth: bool, error: &UpstreamError) -> Respon
     }
 }
 
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus `Expect`,
-/// which the proxy's own server already answered.
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
@@ -220,7 +233,18 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
 ];
 
-/// Removes the hop-by-hop headers, including every header `Connection` names.
+/// Headers `Connection` may not remove: the message's identity and framing, and what the
+/// proxy itself vouches for.
+fn protected(name: &HeaderName) -> bool {
+    name == header::HOST
+        || name == header::CONTENT_LENGTH
+        || name == header::CONTENT_TYPE
+        || name == header::AUTHORIZATION
+        || name.as_str().starts_with("x-forwarded-")
+}
+
+/// Removes the hop-by-hop headers, including every header `Connection` names (but not the
+/// protected ones: `Connection: host` must not strip `Host`).
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
@@ -229,6 +253,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .filter(|name| !protected(name))
             .collect();
         for name in named {
             headers.remove(name);
@@ -247,14 +272,18 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 /// Makes a client's request fit to forward: hop-by-hop headers out, `Host` kept (or made from
 /// an HTTP/2 `:authority`), forwarding headers set.
 fn prepare_request(shared: &Shared, peer: SocketAddr, req: &mut Request<Incoming>) {
-    let authority = req.uri().authority().map(|a| a.as_str().to_owned());
+    // An absolute-form target (HTTP/1) or `:authority` (HTTP/2) names the host: it wins over
+    // a `Host` header (RFC 9112 §3.2.2, RFC 9113 §8.3.1).
+    let authority = req
+        .uri()
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
     let headers = req.headers_mut();
     strip_hop_by_hop(headers);
+    drop_rewrite_headers(headers);
     headers.remove(header::EXPECT);
-    if !headers.contains_key(header::HOST) {
-        if let Some(value) = authority.and_then(|a| HeaderValue::from_str(&a).ok()) {
-            headers.insert(header::HOST, value);
-        }
+    if let Some(value) = authority {
+        headers.insert(header::HOST, value);
     }
     let ip = HeaderValue::from_str(&peer.ip().to_string()).ok();
     if shared.trust_forwarded {
@@ -292,7 +321,20 @@ fn drop_forwarding_headers(headers: &mut HeaderMap) {
         let n = name.as_str();
         n.starts_with("x-forwarded-") || n == "forwarded" || n == "x-real-ip"
     };
-    if headers.keys().any(spoofable) {
+    drop_matching(headers, spoofable);
+}
+
+/// Drops the headers some frameworks (old Symfony and Zend, IIS URL Rewrite) route by instead
+/// of the request line: the layer classifies the request line, so these would let a request
+/// reach the token endpoint unclassified. Dropped whatever `--trust-forwarded` says.
+fn drop_rewrite_headers(headers: &mut HeaderMap) {
+    drop_matching(headers, |name| {
+        matches!(name.as_str(), "x-original-url" | "x-rewrite-url")
+    });
+}
+
+fn drop_matching(headers: &mut HeaderMap, spoofable: impl Fn(&HeaderName) -> bool) {
+    if headers.keys().any(&spoofable) {
         let names: Vec<HeaderName> = headers.keys().filter(|n| spoofable(n)).cloned().collect();
         for name in names {
             headers.remove(name);
@@ -343,5 +385,25 @@ mod tests {
         drop_forwarding_headers(&mut h);
         let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, ["x-forwardedness"]);
+        let mut h = HeaderMap::new();
+        h.insert("x-original-url", HeaderValue::from_static("/token"));
+        h.insert("x-rewrite-url", HeaderValue::from_static("/token"));
+        drop_rewrite_headers(&mut h);
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn connection_cannot_remove_protected_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("host, content-length, x-forwarded-for, authorization"),
+        );
+        h.insert(header::HOST, HeaderValue::from_static("login.example"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+        h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic x"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 4);
     }
 }

@@ -43,13 +43,15 @@ pub(crate) fn client(config: &Config) -> io::Result<HttpsClient> {
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls_config(config)?)
         .https_or_http()
+        // HTTP/1.1 only: what legacy servers speak, and `Host` reaches them as sent.
         .enable_http1()
-        .enable_http2()
         .wrap_connector(http);
     Ok(Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(60))
+        // Shorter than common server keep-alives (Apache's is 5 s), so the pool rarely hands out
+        // a connection the upstream is closing.
+        .pool_idle_timeout(Duration::from_secs(4))
         .pool_max_idle_per_host(256)
         .build(https))
 }
@@ -186,8 +188,7 @@ impl Service<Request<UpstreamRequestBody>> for Upstream {
                 return Box::pin(async move { Ok(response.map(Either::Right)) });
             }
         }
-        // The legacy server speaks HTTP/1.1 whatever the client spoke to the proxy; the pool
-        // upgrades to HTTP/2 only where TLS negotiates it.
+        // The legacy server is spoken to in HTTP/1.1 whatever the client spoke to the proxy.
         *req.version_mut() = Version::HTTP_11;
         let oauth = self.shared.is_oauth(req.uri().path());
         let sent = self.client.request(req);
