@@ -588,7 +588,11 @@ async fn an_unreachable_upstream_is_502_and_json_on_oauth_endpoints() {
 #[tokio::test]
 async fn a_slow_upstream_is_504() {
     let (_legacy, upstream) = legacy().await;
-    let proxy = Proxy::start(upstream, &["--upstream-timeout", "300ms"]).await;
+    let proxy = Proxy::start(
+        upstream,
+        &["--upstream-timeout", "300ms", "--connect-timeout", "200ms"],
+    )
+    .await;
     let started = Instant::now();
     let response = reqwest::get(proxy.url("/slow?ms=3000")).await.unwrap();
     assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
