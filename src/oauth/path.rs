@@ -1,7 +1,10 @@
 //! Endpoint matching that reads a request path as leniently as the laxest common router, so that
 //! `/Token`, `/token/`, `//token`, `/%74oken`, `/x/../token` and `/token;jsessionid=1` all count
 //! as the token endpoint, and so do `/token.json` (a format suffix, as Rails and older Spring
-//! read it) and `/token.` (IIS drops trailing dots and spaces). Matching too much only means inspecting more; matching too little
+//! read it) and `/token.` (IIS drops trailing dots and spaces). Paths are decoded up to three
+//! times (servers that decode twice read `/%2574oken` as `/token`), cut at a NUL (as C
+//! servers do), and every segment is trimmed of whitespace and control characters (Spring
+//! trims `/token%0a`). Matching too much only means inspecting more; matching too little
 //! would let a request reach the upstream's handler unchecked.
 
 use std::borrow::Cow;
@@ -30,7 +33,19 @@ fn strip_suffix(path: &str) -> &str {
 /// no trailing slash, trailing spaces and a `.suffix` dropped from the last segment,
 /// ASCII-lowercased.
 pub(crate) fn normalize(path: &str) -> String {
-    let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
+    let mut decoded: Cow<'_, str> = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
+    for _ in 0..2 {
+        if !decoded.contains('%') {
+            break;
+        }
+        let again = percent_encoding::percent_decode_str(&decoded)
+            .decode_utf8_lossy()
+            .into_owned();
+        decoded = Cow::Owned(again);
+    }
+    if let Some(nul) = decoded.find('\0') {
+        decoded = Cow::Owned(decoded.get(..nul).unwrap_or_default().to_owned());
+    }
     let slashed: Cow<'_, str> = if decoded.contains('\\') {
         Cow::Owned(decoded.replace('\\', "/"))
     } else {
@@ -38,7 +53,11 @@ pub(crate) fn normalize(path: &str) -> String {
     };
     let mut segments: Vec<&str> = Vec::new();
     for segment in slashed.split('/') {
-        let segment = segment.split(';').next().unwrap_or_default();
+        let segment = segment
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim_matches(|c: char| c.is_ascii_whitespace() || c.is_ascii_control());
         match segment {
             "" | "." => {}
             ".." => {
@@ -103,6 +122,15 @@ mod tests {
             "/token%20",
             "/token.%20",
             "/Token.JSON/",
+            "/token%09",
+            "/token%0a",
+            "/token%0d%0a",
+            "/%20token",
+            "/token%00",
+            "/token%00.html",
+            "/token%2500",
+            "/%2574oken",
+            "/%252574oken",
         ];
         for path in yes {
             assert!(matches(path, "/token"), "{path:?} should match /token");
