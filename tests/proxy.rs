@@ -976,3 +976,69 @@ async fn connect_tunnels_are_refused() {
     let answer = String::from_utf8_lossy(&answer[..n]);
     assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
 }
+
+/// Reads until the proxy closes the connection; panics if it does not within `limit`.
+async fn closed_within(stream: &mut TcpStream, limit: Duration, what: &str) -> Vec<u8> {
+    let mut seen = Vec::new();
+    tokio::time::timeout(limit, stream.read_to_end(&mut seen))
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "the proxy kept {what} open: {:?}",
+                String::from_utf8_lossy(&seen)
+            )
+        })
+        .unwrap();
+    seen
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed() {
+    let (_legacy, upstream) = legacy().await;
+    let proxy = Proxy::start(
+        upstream,
+        &["--header-timeout", "400ms", "--idle-timeout", "600ms"],
+    )
+    .await;
+    // Connected, silent.
+    let mut silent = TcpStream::connect(proxy.addr).await.unwrap();
+    // An HTTP/2 preface and nothing more.
+    let mut h2 = TcpStream::connect(proxy.addr).await.unwrap();
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    // One request, then keep-alive silence.
+    let mut kept = TcpStream::connect(proxy.addr).await.unwrap();
+    kept.write_all(b"GET /resource HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    closed_within(&mut silent, Duration::from_secs(3), "a silent connection").await;
+    closed_within(&mut h2, Duration::from_secs(3), "an HTTP/2 connection").await;
+    let answer = closed_within(&mut kept, Duration::from_secs(3), "a keep-alive connection").await;
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
+    assert!(started.elapsed() >= Duration::from_millis(350));
+}
+
+#[tokio::test]
+async fn at_the_connection_limit_new_clients_wait_for_a_free_slot() {
+    let (_legacy, upstream) = legacy().await;
+    let proxy = Proxy::start(
+        upstream,
+        &["--max-connections", "2", "--header-timeout", "700ms"],
+    )
+    .await;
+    let _hog1 = TcpStream::connect(proxy.addr).await.unwrap();
+    let _hog2 = TcpStream::connect(proxy.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The third is not served while two silent connections hold the slots, and is served
+    // once they are closed for idling.
+    let started = Instant::now();
+    let response = reqwest::get(proxy.url("/resource")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "{:?}",
+        started.elapsed()
+    );
+}

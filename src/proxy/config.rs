@@ -100,6 +100,11 @@ pub struct Config {
     pub upstream_timeout: Duration,
     /// How long in-flight requests may run after a shutdown signal.
     pub shutdown_grace: Duration,
+    /// How long a client connection may stay open without a request in flight.
+    pub idle_timeout: Duration,
+    /// Most client connections open at once; beyond it the proxy stops accepting until one
+    /// closes.
+    pub max_connections: usize,
     /// How log lines are written.
     pub log_format: LogFormat,
 }
@@ -128,6 +133,8 @@ impl Config {
             connect_timeout: Duration::from_secs(5),
             upstream_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
             log_format: LogFormat::Text,
         }
     }
@@ -174,7 +181,7 @@ impl Config {
         use std::fmt::Write as _;
         let mut out = String::new();
         let d = |d: Duration| humantime::format_duration(d).to_string();
-        let lines: [(&str, String); 20] = [
+        let lines: [(&str, String); 22] = [
             ("upstream", quoted(&self.upstream.to_string())),
             ("listen", quoted(&self.listen.to_string())),
             (
@@ -205,6 +212,8 @@ impl Config {
             ("connect_timeout", quoted(&d(self.connect_timeout))),
             ("upstream_timeout", quoted(&d(self.upstream_timeout))),
             ("shutdown_grace", quoted(&d(self.shutdown_grace))),
+            ("idle_timeout", quoted(&d(self.idle_timeout))),
+            ("max_connections", self.max_connections.to_string()),
             (
                 "log_format",
                 quoted(match self.log_format {
@@ -381,6 +390,12 @@ struct Args {
     /// How long in-flight requests may finish after SIGINT or SIGTERM [default: 30s].
     #[arg(long, env = "PKCE_PROXY_SHUTDOWN_GRACE", value_name = "DURATION")]
     shutdown_grace: Option<String>,
+    /// Longest a client connection may stay open without a request [default: 60s].
+    #[arg(long, env = "PKCE_PROXY_IDLE_TIMEOUT", value_name = "DURATION")]
+    idle_timeout: Option<String>,
+    /// Most client connections open at once [default: 10000].
+    #[arg(long, env = "PKCE_PROXY_MAX_CONNECTIONS", value_name = "N")]
+    max_connections: Option<usize>,
     /// `text` or `json` [default: text]. `RUST_LOG` sets the filter (default `info`).
     #[arg(long, env = "PKCE_PROXY_LOG_FORMAT", value_name = "FORMAT")]
     log_format: Option<LogFormat>,
@@ -414,6 +429,8 @@ struct FileConfig {
     connect_timeout: Option<String>,
     upstream_timeout: Option<String>,
     shutdown_grace: Option<String>,
+    idle_timeout: Option<String>,
+    max_connections: Option<usize>,
     log_format: Option<LogFormat>,
     #[serde(default)]
     clients: BTreeMap<String, ClientConfig>,
@@ -503,7 +520,13 @@ fn merge(args: Args, file: FileConfig) -> Result<Config, ConfigError> {
             }
         };
     }
-    let durations: [(&str, Option<String>, Option<String>, &mut Duration); 7] = [
+    let durations: [(&str, Option<String>, Option<String>, &mut Duration); 8] = [
+        (
+            "idle-timeout",
+            args.idle_timeout,
+            file.idle_timeout,
+            &mut config.idle_timeout,
+        ),
         (
             "pending-ttl",
             args.pending_ttl,
@@ -551,6 +574,14 @@ fn merge(args: Args, file: FileConfig) -> Result<Config, ConfigError> {
         if let Some(text) = flag.or(from_file) {
             *slot = parse_duration(name, &text)?;
         }
+    }
+    if let Some(n) = args.max_connections.or(file.max_connections) {
+        if n == 0 {
+            return Err(ConfigError::new(
+                "invalid --max-connections 0: must be at least 1",
+            ));
+        }
+        config.max_connections = n;
     }
     if let Some(n) = args.max_pending.or(file.max_pending) {
         if n == 0 {

@@ -26,13 +26,18 @@
 //!   and `Forwarded` and `X-Real-IP`, are dropped unless `--trust-forwarded` (RFC 9700 §4.13).
 //! - Clients speak HTTP/1.1 or HTTP/2 (prior knowledge); the upstream is spoken to over
 //!   HTTP/1.1 from a keep-alive pool, or over TLS (rustls) with HTTP/2 where ALPN agrees.
-//! - Protocol upgrades (WebSocket) are not proxied: `Upgrade` is a hop-by-hop header.
+//! - Protocol upgrades (WebSocket) and `CONNECT` are not proxied.
+//! - `X-Original-URL` and `X-Rewrite-URL`, which some frameworks route by instead of the
+//!   request line, are always dropped: the layer classifies the request line.
+//! - At most `--max-connections` client connections are open at once.
 //!
 //! # Timeouts and errors
 //!
 //! | what | default | then |
 //! |---|---|---|
+//! | the first request on a connection | 10 s | the connection is closed |
 //! | request headers | 10 s | the connection is closed |
+//! | a connection without a request in flight | 60 s | the connection is closed |
 //! | a pause in a request body | 10 s | `408`, the connection is closed |
 //! | connecting to the upstream | 5 s | `502` |
 //! | the upstream's response headers | 30 s | `504` |

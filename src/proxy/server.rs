@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,8 +15,8 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch, Semaphore};
 use tower_service::Service;
 
 use super::config::Config;
@@ -50,15 +50,36 @@ pub(crate) async fn serve(
         .max_concurrent_streams(256)
         .max_header_list_size(64 * 1024)
         .keep_alive_interval(Some(Duration::from_secs(30)));
-    let graceful = GracefulShutdown::new();
+    let permits = Arc::new(Semaphore::new(config.max_connections));
+    let (stop, stopped) = watch::channel(false);
+    // Every connection task holds a sender; when all are gone, every connection is closed.
+    let (alive, mut all_closed) = mpsc::channel::<()>(1);
+    let limits = Limits {
+        first_request: config.header_timeout,
+        idle: config.idle_timeout,
+    };
     let mut shutdown = std::pin::pin!(shutdown);
+    let mut last_accept_warning: Option<Instant> = None;
     loop {
+        // At the connection limit, stop accepting (the kernel's backlog holds the rest) until
+        // a connection closes; idle ones are closed by `limits`.
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(target: "pkce_proxy", error = %e, "accept failed");
+                    // Out of file descriptors and the like: back off instead of spinning, and
+                    // say so once a second at most.
+                    if last_accept_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                        tracing::warn!(target: "pkce_proxy", error = %e, "accept failed");
+                        last_accept_warning = Some(Instant::now());
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -67,27 +88,31 @@ pub(crate) async fn serve(
         };
         let _ = stream.set_nodelay(true);
         shared.stats.connection_accepted();
+        let activity = Arc::new(Activity::new());
         let front = Front {
             shared: shared.clone(),
             pkce: pkce.clone(),
             peer,
+            activity: activity.clone(),
         };
         let service = hyper::service::service_fn(move |req| front.clone().handle(req));
         let connection = builder
             .serve_connection(TokioIo::new(stream), service)
             .into_owned();
-        let connection = graceful.watch(connection);
+        let stopped = stopped.clone();
+        let alive = alive.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(target: "pkce_proxy", error = %ErrorChain(&*e), "connection ended with an error");
-            }
+            watch_connection(connection, activity, limits, stopped).await;
+            drop((permit, alive));
         });
     }
     drop(listener);
+    drop(alive);
     shared.shutting_down.store(true, Ordering::Relaxed);
     tracing::info!(target: "pkce_proxy", "shutting down: no new connections, draining in-flight requests");
+    let _ = stop.send(true);
     tokio::select! {
-        () = graceful.shutdown() => {
+        _ = all_closed.recv() => {
             tracing::info!(target: "pkce_proxy", "all connections closed");
         }
         () = tokio::time::sleep(config.shutdown_grace) => {
@@ -97,12 +122,145 @@ pub(crate) async fn serve(
     Ok(())
 }
 
+/// How long a connection may sit without a request in flight.
+#[derive(Clone, Copy)]
+struct Limits {
+    /// Before its first request: a client that connects and sends nothing.
+    first_request: Duration,
+    /// Between requests (HTTP/1.1 keep-alive, an HTTP/2 connection without streams).
+    idle: Duration,
+}
+
+/// A connection's requests in flight and when it last had one.
+struct Activity {
+    in_flight: AtomicUsize,
+    served: AtomicBool,
+    last: std::sync::Mutex<Instant>,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            in_flight: AtomicUsize::new(0),
+            served: AtomicBool::new(false),
+            last: std::sync::Mutex::new(Instant::now()),
+        }
+    }
+
+    fn touch(&self) {
+        if let Ok(mut last) = self.last.lock() {
+            *last = Instant::now();
+        }
+    }
+
+    fn started(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.served.store(true, Ordering::Relaxed);
+        self.touch();
+    }
+
+    fn finished(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.touch();
+    }
+
+    /// When the connection may be closed if nothing happens meanwhile; `None` while a request
+    /// is in flight.
+    fn deadline(&self, limits: Limits) -> Option<Instant> {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        let limit = if self.served.load(Ordering::Relaxed) {
+            limits.idle
+        } else {
+            limits.first_request
+        };
+        let last = self
+            .last
+            .lock()
+            .map(|l| *l)
+            .unwrap_or_else(|_| Instant::now());
+        Some(last + limit)
+    }
+}
+
+/// Drives one connection; closes it gracefully when it idles past its limit or the proxy
+/// shuts down.
+async fn watch_connection<C>(
+    connection: C,
+    activity: Arc<Activity>,
+    limits: Limits,
+    mut stopped: watch::Receiver<bool>,
+) where
+    C: Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>> + GracefulClose,
+{
+    let mut connection = std::pin::pin!(connection);
+    let mut closing = false;
+    // A peer that never acknowledges the HTTP/2 GOAWAY's ping keeps a gracefully closing
+    // connection open: after this long, it is dropped.
+    let mut drop_at: Option<Instant> = None;
+    loop {
+        // While requests are in flight, look again after the idle limit.
+        let wake = activity
+            .deadline(limits)
+            .unwrap_or_else(|| Instant::now() + limits.idle);
+        let hard = drop_at.unwrap_or(wake);
+        tokio::select! {
+            () = tokio::time::sleep_until(hard.into()), if drop_at.is_some() => {
+                tracing::debug!(target: "pkce_proxy", "dropping a connection that did not close");
+                return;
+            }
+            result = connection.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(target: "pkce_proxy", error = %ErrorChain(&*e), "connection ended with an error");
+                }
+                return;
+            }
+            changed = stopped.changed(), if !closing => {
+                if changed.is_err() || *stopped.borrow() {
+                    connection.as_mut().close_gracefully();
+                    closing = true;
+                }
+            }
+            () = tokio::time::sleep_until(wake.into()), if !closing => {
+                if activity.deadline(limits).is_some_and(|d| d <= Instant::now()) {
+                    tracing::debug!(target: "pkce_proxy", "closing an idle connection");
+                    connection.as_mut().close_gracefully();
+                    closing = true;
+                    drop_at = Some(Instant::now() + limits.first_request);
+                }
+            }
+        }
+    }
+}
+
+/// A connection that can be asked to finish its requests and close.
+trait GracefulClose {
+    fn close_gracefully(self: std::pin::Pin<&mut Self>);
+}
+
+impl<I, S, E, B> GracefulClose for auto::Connection<'static, I, S, E>
+where
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::Future: 'static,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: http_body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    fn close_gracefully(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
 /// One connection's request handler.
 #[derive(Clone)]
 struct Front {
     shared: Arc<Shared>,
     pkce: Pkce<Upstream>,
     peer: SocketAddr,
+    activity: Arc<Activity>,
 }
 
 impl Front {
@@ -110,7 +268,7 @@ impl Front {
         let started = Instant::now();
         let shared = self.shared.clone();
         // Counted down on drop too: a client may hang up before its response.
-        let _in_flight = InFlight::new(&shared);
+        let _in_flight = InFlight::new(&shared, &self.activity);
         if req.method() == http::Method::CONNECT {
             // A reverse proxy for one server does not open tunnels.
             let response = shared.error_response(
@@ -171,19 +329,21 @@ impl Front {
     }
 }
 
-/// Counts a request in flight for as long as it lives.
-struct InFlight<'a>(&'a Shared);
+/// Counts a request in flight, for the proxy and its connection, for as long as it lives.
+struct InFlight<'a>(&'a Shared, Arc<Activity>);
 
 impl<'a> InFlight<'a> {
-    fn new(shared: &'a Shared) -> Self {
+    fn new(shared: &'a Shared, activity: &Arc<Activity>) -> Self {
         shared.stats.request_started();
-        Self(shared)
+        activity.started();
+        Self(shared, activity.clone())
     }
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.stats.request_finished();
+        self.1.finished();
     }
 }
 
