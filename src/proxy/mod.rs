@@ -214,25 +214,33 @@ impl Proxy {
     }
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called (within a
+/// runtime), not when the future is first polled, so a signal that arrives while the proxy
+/// binds is not lost to the default action.
+fn shutdown_signal() -> impl Future<Output = ()> + Send {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let interrupt = signal(SignalKind::interrupt()).ok();
+        let terminate = signal(SignalKind::terminate()).ok();
+        async move {
+            let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                () = wait(interrupt) => {},
+                () = wait(terminate) => {},
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
+    async {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
 
@@ -287,6 +295,7 @@ where
         }
     };
     let served = runtime.block_on(async move {
+        let shutdown = shutdown_signal();
         let proxy = Proxy::bind(config).await?;
         // Printed, not logged: scripts wait for this line whatever the log settings. A closed
         // standard output is no reason to stop.
@@ -302,7 +311,7 @@ where
             mode = ?proxy.config.mode,
             "pkce-proxy started"
         );
-        proxy.serve(shutdown_signal()).await
+        proxy.serve(shutdown).await
     });
     match served {
         Ok(()) => ExitCode::SUCCESS,
