@@ -12,7 +12,11 @@
 //! config.listen = "127.0.0.1:0".parse().unwrap();
 //! let proxy = Proxy::bind(config).await?;
 //! println!("listening on {}", proxy.local_addr());
-//! proxy.serve(tokio::signal::ctrl_c()).await
+//! proxy
+//!     .serve(async {
+//!         let _ = tokio::signal::ctrl_c().await;
+//!     })
+//!     .await
 //! # }
 //! ```
 //!
