@@ -125,6 +125,10 @@ impl Proxy {
 /// A browser: keeps cookies, follows redirects that stay on the proxy (relative ones
 /// included), stops at the redirect back to the client app.
 fn browser() -> reqwest::Client {
+    browser_builder().build().unwrap()
+}
+
+fn browser_builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .cookie_store(true)
         .redirect(Policy::custom(|attempt| {
@@ -134,8 +138,6 @@ fn browser() -> reqwest::Client {
                 attempt.stop()
             }
         }))
-        .build()
-        .unwrap()
 }
 
 fn params(url: &str) -> std::collections::HashMap<String, String> {
@@ -504,18 +506,7 @@ async fn http2_clients_complete_flows() {
     let (_legacy, upstream) = legacy().await;
     let proxy = Proxy::start(upstream, &[]).await;
     let base = proxy.url("");
-    let h2 = reqwest::Client::builder()
-        .http2_prior_knowledge()
-        .cookie_store(true)
-        .redirect(Policy::custom(|a| {
-            if a.url().host_str() == Some("127.0.0.1") {
-                a.follow()
-            } else {
-                a.stop()
-            }
-        }))
-        .build()
-        .unwrap();
+    let h2 = browser_builder().http2_prior_knowledge().build().unwrap();
     let pkce = Pkce::new();
     let query = support::authorize_query(CLIENT, REDIRECT, Some("h2"), Some(&pkce.challenge));
     let location = sign_in_flow(&h2, &base, &query).await;
