@@ -172,6 +172,8 @@ impl Service<Request<UpstreamRequestBody>> for Upstream {
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        // A cheap (shared-bytes) copy, so the path is classified only when an error needs it.
+        let target = path.clone();
         let mut parts = http::uri::Parts::default();
         parts.scheme = Some(self.scheme.clone());
         parts.authority = Some(self.authority.clone());
@@ -190,7 +192,6 @@ impl Service<Request<UpstreamRequestBody>> for Upstream {
         }
         // The legacy server is spoken to in HTTP/1.1 whatever the client spoke to the proxy.
         *req.version_mut() = Version::HTTP_11;
-        let oauth = self.shared.is_oauth(req.uri().path());
         let sent = self.client.request(req);
         let timeout = self.timeout;
         let shared = self.shared.clone();
@@ -203,7 +204,7 @@ impl Service<Request<UpstreamRequestBody>> for Upstream {
                     shared.stats.upstream_error("connect");
                     tracing::warn!(target: "pkce_proxy", error = %ErrorChain(&e), "cannot connect to the upstream");
                     let response = shared.error_response(
-                        oauth,
+                        shared.is_oauth(target.path()),
                         http::StatusCode::BAD_GATEWAY,
                         "temporarily_unavailable",
                         "the authorization server cannot be reached; try again later",
