@@ -581,7 +581,14 @@ async fn a_slow_upstream_is_504() {
     let (_legacy, upstream) = legacy().await;
     let proxy = Proxy::start(
         upstream,
-        &["--upstream-timeout", "300ms", "--connect-timeout", "200ms"],
+        &[
+            "--upstream-timeout",
+            "300ms",
+            "--connect-timeout",
+            "200ms",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ],
     )
     .await;
     let started = Instant::now();
@@ -591,6 +598,18 @@ async fn a_slow_upstream_is_504() {
     // Fast requests are unaffected.
     let response = reqwest::get(proxy.url("/slow?ms=10")).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
+    let metrics = reqwest::get(proxy.admin_url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "pkce_proxy_upstream_errors_total{kind=\"timeout\"} 1",
+        "pkce_proxy_upstream_errors_total{kind=\"connect\"} 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
 }
 
 /// Writes `head` and part of a body on a raw connection, then stalls; returns what the proxy

@@ -3,7 +3,6 @@
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,6 +19,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tower_service::Service;
 
 use super::config::Config;
+use super::stats::UpstreamFailure;
 use super::upstream::{
     is_body_stall, ErrorChain, TimeoutBody, Upstream, UpstreamBody, UpstreamError,
 };
@@ -92,7 +92,8 @@ pub(crate) async fn serve(
         let front = Front {
             shared: shared.clone(),
             pkce: pkce.clone(),
-            peer,
+            // Formatted once per connection, not per request.
+            peer_ip: HeaderValue::from_str(&peer.ip().to_string()).ok(),
             activity: activity.clone(),
         };
         let service = hyper::service::service_fn(move |req| front.clone().handle(req));
@@ -259,7 +260,8 @@ where
 struct Front {
     shared: Arc<Shared>,
     pkce: Pkce<Upstream>,
-    peer: SocketAddr,
+    /// The client's address, as an `X-Forwarded-For` value.
+    peer_ip: Option<HeaderValue>,
     activity: Arc<Activity>,
 }
 
@@ -292,7 +294,7 @@ impl Front {
             return Ok(response.map(Either::Right));
         }
         let method = req.method().clone();
-        prepare_request(&shared, self.peer, &mut req);
+        prepare_request(&shared, self.peer_ip.as_ref(), &mut req);
         let req = req.map(|body| TimeoutBody::new(body, shared.body_timeout));
         // `Upstream` is always ready; the contract is kept all the same.
         let result = match std::future::poll_fn(|cx| self.pkce.poll_ready(cx)).await {
@@ -359,7 +361,7 @@ fn error_response(shared: &Shared, oauth: bool, error: &UpstreamError) -> Respon
             )
         }
         UpstreamError::Failed(e) => {
-            shared.stats.upstream_error("failed");
+            shared.stats.upstream_error(UpstreamFailure::Failed);
             tracing::warn!(target: "pkce_proxy", error = %ErrorChain(e), "upstream exchange failed");
             shared.error_response(
                 oauth,
@@ -369,7 +371,7 @@ fn error_response(shared: &Shared, oauth: bool, error: &UpstreamError) -> Respon
             )
         }
         UpstreamError::Timeout => {
-            shared.stats.upstream_error("timeout");
+            shared.stats.upstream_error(UpstreamFailure::Timeout);
             tracing::warn!(target: "pkce_proxy", "upstream timed out");
             shared.error_response(
                 oauth,
@@ -431,7 +433,7 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 
 /// Makes a client's request fit to forward: hop-by-hop headers out, `Host` kept (or made from
 /// an HTTP/2 `:authority`), forwarding headers set.
-fn prepare_request(shared: &Shared, peer: SocketAddr, req: &mut Request<Incoming>) {
+fn prepare_request(shared: &Shared, peer_ip: Option<&HeaderValue>, req: &mut Request<Incoming>) {
     // An absolute-form target (HTTP/1) or `:authority` (HTTP/2) names the host: it wins over
     // a `Host` header (RFC 9112 §3.2.2, RFC 9113 §8.3.1).
     let authority = req
@@ -445,15 +447,16 @@ fn prepare_request(shared: &Shared, peer: SocketAddr, req: &mut Request<Incoming
     if let Some(value) = authority {
         headers.insert(header::HOST, value);
     }
-    let ip = HeaderValue::from_str(&peer.ip().to_string()).ok();
     if shared.trust_forwarded {
-        if let Some(ip) = ip {
-            let chain = headers
-                .get(&X_FORWARDED_FOR)
-                .and_then(|v| v.to_str().ok())
-                .map(|prior| format!("{prior}, {}", peer.ip()))
-                .and_then(|v| HeaderValue::from_str(&v).ok());
-            headers.insert(X_FORWARDED_FOR, chain.unwrap_or(ip));
+        if let Some(ip) = peer_ip {
+            let chain = match (headers.get(&X_FORWARDED_FOR), ip.to_str()) {
+                (Some(prior), Ok(ip)) => prior
+                    .to_str()
+                    .ok()
+                    .and_then(|prior| HeaderValue::from_str(&format!("{prior}, {ip}")).ok()),
+                _ => None,
+            };
+            headers.insert(X_FORWARDED_FOR, chain.unwrap_or_else(|| ip.clone()));
         }
         if !headers.contains_key(&X_FORWARDED_PROTO) {
             headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
@@ -465,8 +468,8 @@ fn prepare_request(shared: &Shared, peer: SocketAddr, req: &mut Request<Incoming
         }
     } else {
         drop_forwarding_headers(headers);
-        if let Some(ip) = ip {
-            headers.insert(X_FORWARDED_FOR, ip);
+        if let Some(ip) = peer_ip {
+            headers.insert(X_FORWARDED_FOR, ip.clone());
         }
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
         if let Some(host) = headers.get(header::HOST).cloned() {

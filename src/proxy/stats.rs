@@ -20,7 +20,22 @@ const ENDPOINTS: [(Endpoint, &str); 4] = [
     (Endpoint::Other, "other"),
 ];
 
-const UPSTREAM_ERRORS: [&str; 3] = ["connect", "timeout", "failed"];
+/// Why the upstream gave no response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum UpstreamFailure {
+    /// It could not be connected to (502; the request was never sent).
+    Connect,
+    /// No response headers in time (504).
+    Timeout,
+    /// The exchange broke after the request may have been sent (502).
+    Failed,
+}
+
+const UPSTREAM_ERRORS: [(UpstreamFailure, &str); 3] = [
+    (UpstreamFailure::Connect, "connect"),
+    (UpstreamFailure::Timeout, "timeout"),
+    (UpstreamFailure::Failed, "failed"),
+];
 
 #[derive(Default)]
 struct Histogram {
@@ -71,8 +86,8 @@ impl Stats {
         }
     }
 
-    pub(crate) fn upstream_error(&self, kind: &str) {
-        if let Some(i) = UPSTREAM_ERRORS.iter().position(|k| *k == kind) {
+    pub(crate) fn upstream_error(&self, kind: UpstreamFailure) {
+        if let Some(i) = UPSTREAM_ERRORS.iter().position(|(k, _)| *k == kind) {
             if let Some(c) = self.upstream_errors.get(i) {
                 c.fetch_add(1, Ordering::Relaxed);
             }
@@ -136,7 +151,7 @@ impl Stats {
             "# HELP pkce_proxy_upstream_errors_total Requests the upstream did not answer.\n\
              # TYPE pkce_proxy_upstream_errors_total counter\n",
         );
-        for (kind, c) in UPSTREAM_ERRORS.iter().zip(&self.upstream_errors) {
+        for ((_, kind), c) in UPSTREAM_ERRORS.iter().zip(&self.upstream_errors) {
             let _ = writeln!(
                 out,
                 "pkce_proxy_upstream_errors_total{{kind=\"{kind}\"}} {}",

@@ -23,6 +23,7 @@ use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
 use super::config::Config;
+use super::stats::UpstreamFailure;
 use super::Shared;
 use crate::PkceBody;
 
@@ -201,7 +202,7 @@ impl Service<Request<UpstreamRequestBody>> for Upstream {
                 Ok(Err(e)) if e.is_connect() => {
                     // Never delivered: safe to answer here, and the layer may undo a
                     // redemption on this non-2xx answer.
-                    shared.stats.upstream_error("connect");
+                    shared.stats.upstream_error(UpstreamFailure::Connect);
                     tracing::warn!(target: "pkce_proxy", error = %ErrorChain(&e), "cannot connect to the upstream");
                     let response = shared.error_response(
                         shared.is_oauth(target.path()),
