@@ -103,6 +103,8 @@ pub use metrics::{Metrics, Outcome};
 pub use oauth::error::Reason;
 pub use pkce::{ChallengeMethod, CodeChallenge, CodeVerifier, PkceError};
 pub use service::Pkce;
+#[cfg(feature = "redis")]
+pub use store::RedisStore;
 pub use store::{ChallengeStore, MemoryStore, StoreError};
 
 /// The error type the layer's bounds are written with.

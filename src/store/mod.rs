@@ -22,10 +22,14 @@ use sha2::{Digest as _, Sha256};
 use crate::pkce::CodeChallenge;
 
 mod memory;
+#[cfg(feature = "redis")]
+mod redis;
 
 pub use memory::DEFAULT_CAPACITY;
 
 pub use memory::MemoryStore;
+#[cfg(feature = "redis")]
+pub use redis::{RedisStore, DEFAULT_PREFIX, DEFAULT_TIMEOUT};
 
 /// The key of a record: the SHA-256 digest of a handle or of an authorization code, so a dump
 /// of the store yields no usable codes.

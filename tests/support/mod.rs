@@ -24,6 +24,9 @@ use rand::RngCore as _;
 use serde_json::{json, Value};
 use tower::ServiceExt as _;
 
+#[cfg(feature = "redis")]
+pub mod redis;
+
 pub const CLIENT: &str = "app";
 pub const REDIRECT: &str = "https://app.example/cb";
 pub const OTHER_CLIENT: &str = "other";
