@@ -7,7 +7,6 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tower_pkce::store::{CodeBinding, CodeState, PendingFlow, StoreKey};
@@ -48,7 +47,7 @@ fn binding(client: &str) -> CodeBinding {
 mod cases {
     use super::*;
 
-    pub async fn flows_keep_every_field<S: ChallengeStore>(store: S) {
+    pub(crate) async fn flows_keep_every_field<S: ChallengeStore>(store: S) {
         let flows = [
             flow("app"),
             PendingFlow::new(None, "svc+prod", None, None),
@@ -73,7 +72,7 @@ mod cases {
         }
     }
 
-    pub async fn a_flow_is_created_once<S: ChallengeStore>(store: S) {
+    pub(crate) async fn a_flow_is_created_once<S: ChallengeStore>(store: S) {
         let key = handle("a");
         assert!(store.create_flow(key, flow("first"), TTL).await.unwrap());
         assert!(!store.create_flow(key, flow("second"), TTL).await.unwrap());
@@ -82,7 +81,7 @@ mod cases {
         assert!(store.flow(key).await.unwrap().is_some());
     }
 
-    pub async fn a_flow_is_taken_once<S: ChallengeStore>(store: S) {
+    pub(crate) async fn a_flow_is_taken_once<S: ChallengeStore>(store: S) {
         let key = handle("a");
         assert!(store.create_flow(key, flow("app"), TTL).await.unwrap());
         assert_eq!(store.take_flow(key).await.unwrap(), Some(flow("app")));
@@ -92,7 +91,7 @@ mod cases {
         assert!(store.create_flow(key, flow("app"), TTL).await.unwrap());
     }
 
-    pub async fn flows_and_codes_do_not_share_keys<S: ChallengeStore>(store: S) {
+    pub(crate) async fn flows_and_codes_do_not_share_keys<S: ChallengeStore>(store: S) {
         // The same digest as a handle and as a code: two different records.
         let key = handle("x");
         assert_eq!(key, StoreKey::for_code(b"x"));
@@ -105,7 +104,7 @@ mod cases {
         );
     }
 
-    pub async fn a_bound_code_is_live_with_its_binding<S: ChallengeStore>(store: S) {
+    pub(crate) async fn a_bound_code_is_live_with_its_binding<S: ChallengeStore>(store: S) {
         let key = code("c");
         assert!(store.bind_code(key, binding("app"), TTL).await.unwrap());
         let record = store.code(key).await.unwrap().unwrap();
@@ -128,7 +127,7 @@ mod cases {
         assert_eq!(store.code(unbound).await.unwrap().unwrap().binding(), &none);
     }
 
-    pub async fn redeem_and_unredeem_move_between_live_and_redeemed<S: ChallengeStore>(store: S) {
+    pub(crate) async fn redeem_and_unredeem_move_between_live_and_redeemed<S: ChallengeStore>(store: S) {
         let key = code("c");
         assert!(store.bind_code(key, binding("app"), TTL).await.unwrap());
         assert!(store.redeem(key).await.unwrap());
@@ -150,7 +149,7 @@ mod cases {
         );
     }
 
-    pub async fn failures_are_counted_and_burn_the_code<S: ChallengeStore>(store: S) {
+    pub(crate) async fn failures_are_counted_and_burn_the_code<S: ChallengeStore>(store: S) {
         let key = code("c");
         assert!(store.bind_code(key, binding("app"), TTL).await.unwrap());
         assert_eq!(
@@ -182,7 +181,7 @@ mod cases {
         assert_eq!(record.binding(), &binding("app"));
     }
 
-    pub async fn failures_on_a_redeemed_code_change_nothing<S: ChallengeStore>(store: S) {
+    pub(crate) async fn failures_on_a_redeemed_code_change_nothing<S: ChallengeStore>(store: S) {
         let key = code("c");
         assert!(store.bind_code(key, binding("app"), TTL).await.unwrap());
         assert!(store.redeem(key).await.unwrap());
@@ -197,7 +196,7 @@ mod cases {
         );
     }
 
-    pub async fn a_failure_limit_of_one_burns_at_once<S: ChallengeStore>(store: S) {
+    pub(crate) async fn a_failure_limit_of_one_burns_at_once<S: ChallengeStore>(store: S) {
         let key = code("c");
         assert!(store.bind_code(key, binding("app"), TTL).await.unwrap());
         assert_eq!(
@@ -206,7 +205,7 @@ mod cases {
         );
     }
 
-    pub async fn an_unseen_code_gets_a_tombstone<S: ChallengeStore>(store: S) {
+    pub(crate) async fn an_unseen_code_gets_a_tombstone<S: ChallengeStore>(store: S) {
         let key = code("exempt");
         let none = CodeBinding::new(None, "svc");
         assert!(store
@@ -229,7 +228,7 @@ mod cases {
         assert!(store.redeem(key).await.unwrap());
     }
 
-    pub async fn absent_records_read_as_absent<S: ChallengeStore>(store: S) {
+    pub(crate) async fn absent_records_read_as_absent<S: ChallengeStore>(store: S) {
         let key = code("nothing");
         assert_eq!(store.code(key).await.unwrap(), None);
         assert!(!store.redeem(key).await.unwrap());
@@ -241,7 +240,7 @@ mod cases {
         assert_eq!(store.code(key).await.unwrap(), None);
     }
 
-    pub async fn entries_expire<S: ChallengeStore>(store: S) {
+    pub(crate) async fn entries_expire<S: ChallengeStore>(store: S) {
         let short = Duration::from_millis(300);
         let (f, c, t) = (handle("f"), code("c"), code("t"));
         assert!(store.create_flow(f, flow("app"), short).await.unwrap());
@@ -264,7 +263,7 @@ mod cases {
         assert!(store.bind_code(c, binding("app"), TTL).await.unwrap());
     }
 
-    pub async fn state_changes_keep_the_expiry<S: ChallengeStore>(store: S) {
+    pub(crate) async fn state_changes_keep_the_expiry<S: ChallengeStore>(store: S) {
         let short = Duration::from_millis(500);
         let key = code("c");
         assert!(store.bind_code(key, binding("app"), short).await.unwrap());
@@ -281,7 +280,7 @@ mod cases {
         assert_eq!(store.code(key).await.unwrap(), None);
     }
 
-    pub async fn extreme_ttls_are_accepted<S: ChallengeStore>(store: S) {
+    pub(crate) async fn extreme_ttls_are_accepted<S: ChallengeStore>(store: S) {
         let (long, zero) = (handle("long"), handle("zero"));
         assert!(store
             .create_flow(long, flow("app"), Duration::MAX)
@@ -300,7 +299,7 @@ mod cases {
         assert_eq!(store.flow(zero).await.unwrap(), None);
     }
 
-    pub async fn concurrent_takes_yield_a_flow_once<S: ChallengeStore + Clone>(store: S) {
+    pub(crate) async fn concurrent_takes_yield_a_flow_once<S: ChallengeStore + Clone>(store: S) {
         for round in 0..10 {
             let key = handle(&format!("race{round}"));
             assert!(store.create_flow(key, flow("app"), TTL).await.unwrap());
@@ -318,7 +317,7 @@ mod cases {
         }
     }
 
-    pub async fn concurrent_redemptions_have_one_winner<S: ChallengeStore + Clone>(store: S) {
+    pub(crate) async fn concurrent_redemptions_have_one_winner<S: ChallengeStore + Clone>(store: S) {
         for round in 0..10 {
             let key = code(&format!("race{round}"));
             assert!(store.bind_code(key, binding("app"), TTL).await.unwrap());
@@ -336,7 +335,7 @@ mod cases {
         }
     }
 
-    pub async fn concurrent_failures_are_all_counted<S: ChallengeStore + Clone>(store: S) {
+    pub(crate) async fn concurrent_failures_are_all_counted<S: ChallengeStore + Clone>(store: S) {
         let key = code("c");
         assert!(store.bind_code(key, binding("app"), TTL).await.unwrap());
         let tasks: Vec<_> = (0..40)
@@ -357,7 +356,7 @@ mod cases {
 
     /// Fills the store until it refuses a new flow, then checks that what it holds still
     /// completes: a full store refuses new work, never the work in progress.
-    pub async fn a_full_store_refuses_new_flows_and_finishes_old_ones<S: ChallengeStore>(store: S) {
+    pub(crate) async fn a_full_store_refuses_new_flows_and_finishes_old_ones<S: ChallengeStore>(store: S) {
         let padding = "p".repeat(512);
         let mut created = Vec::new();
         for i in 0..1_000_000 {
