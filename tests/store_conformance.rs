@@ -127,7 +127,9 @@ mod cases {
         assert_eq!(store.code(unbound).await.unwrap().unwrap().binding(), &none);
     }
 
-    pub(crate) async fn redeem_and_unredeem_move_between_live_and_redeemed<S: ChallengeStore>(store: S) {
+    pub(crate) async fn redeem_and_unredeem_move_between_live_and_redeemed<S: ChallengeStore>(
+        store: S,
+    ) {
         let key = code("c");
         assert!(store.bind_code(key, binding("app"), TTL).await.unwrap());
         assert!(store.redeem(key).await.unwrap());
@@ -317,7 +319,9 @@ mod cases {
         }
     }
 
-    pub(crate) async fn concurrent_redemptions_have_one_winner<S: ChallengeStore + Clone>(store: S) {
+    pub(crate) async fn concurrent_redemptions_have_one_winner<S: ChallengeStore + Clone>(
+        store: S,
+    ) {
         for round in 0..10 {
             let key = code(&format!("race{round}"));
             assert!(store.bind_code(key, binding("app"), TTL).await.unwrap());
@@ -356,7 +360,9 @@ mod cases {
 
     /// Fills the store until it refuses a new flow, then checks that what it holds still
     /// completes: a full store refuses new work, never the work in progress.
-    pub(crate) async fn a_full_store_refuses_new_flows_and_finishes_old_ones<S: ChallengeStore>(store: S) {
+    pub(crate) async fn a_full_store_refuses_new_flows_and_finishes_old_ones<S: ChallengeStore>(
+        store: S,
+    ) {
         let padding = "p".repeat(512);
         let mut created = Vec::new();
         for i in 0..1_000_000 {

@@ -34,8 +34,8 @@ pub(crate) async fn serve(
         let shared = shared.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let response = respond(&shared, &req);
-                async move { Ok::<_, Infallible>(response) }
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(respond(&shared, &req).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -46,15 +46,23 @@ pub(crate) async fn serve(
     }
 }
 
-fn respond(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+async fn respond(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
     }
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n"),
-        // The in-memory store is always ready; the only way to be unready is to be leaving.
-        "/readyz" if shared.ready() => text(StatusCode::OK, "ready\n"),
-        "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
+        "/readyz" if shared.shutting_down() => {
+            text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+        }
+        // The in-memory store always answers; a Redis store must answer a PING in time.
+        "/readyz" => match shared.store.check().await {
+            Ok(()) => text(StatusCode::OK, "ready\n"),
+            Err(e) => {
+                tracing::warn!(target: "pkce_proxy", error = %e, "not ready: the store does not answer");
+                text(StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n")
+            }
+        },
         "/metrics" => {
             let mut response = text(StatusCode::OK, shared.stats.render(shared.layer.metrics()));
             response.headers_mut().insert(

@@ -25,6 +25,58 @@ pub enum StoreSpec {
     /// In this process ([`MemoryStore`](crate::MemoryStore)); flows do not survive a restart
     /// and are not shared between replicas.
     Memory,
+    /// A Redis or Valkey server shared by every replica (`RedisStore`, cargo feature
+    /// `redis`).
+    Redis(RedisUrl),
+}
+
+/// A `redis://`, `rediss://` or `redis+unix://` URL. It may carry a password, so its `Debug`
+/// and `Display` show `***` in its place.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisUrl(String);
+
+impl RedisUrl {
+    /// Checks the scheme; the rest is checked when the store is built.
+    pub fn new(url: &str) -> Result<Self, ConfigError> {
+        const SCHEMES: [&str; 4] = ["redis://", "rediss://", "redis+unix://", "unix://"];
+        if SCHEMES.iter().any(|s| url.starts_with(s)) {
+            Ok(Self(url.to_owned()))
+        } else {
+            Err(ConfigError::new(format!(
+                "invalid --store {:?}: expected memory or a redis://, rediss:// or redis+unix:// URL",
+                Self(url.to_owned()).to_string()
+            )))
+        }
+    }
+
+    /// The URL itself, password included.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let url = &self.0;
+        let Some(start) = url.find("://").map(|i| i + 3) else {
+            return f.write_str(url);
+        };
+        let rest = &url[start..];
+        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        match rest[..authority_end].rfind('@') {
+            Some(at) => {
+                let user = rest[..at].split(':').next().unwrap_or_default();
+                write!(f, "{}{user}:***{}", &url[..start], &rest[at..])
+            }
+            None => f.write_str(url),
+        }
+    }
+}
+
+impl fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RedisUrl({self})")
+    }
 }
 
 /// How log lines are written (to standard error).
@@ -84,6 +136,11 @@ pub struct Config {
     pub max_body: usize,
     /// Where flows are kept.
     pub store: StoreSpec,
+    /// Prefix of every key in a Redis store.
+    pub store_prefix: String,
+    /// Longest a Redis store operation may take (connecting included); OAuth requests get 503
+    /// after it.
+    pub store_timeout: Duration,
     /// Keep `X-Forwarded-*` and `Forwarded` headers sent by clients (only behind a trusted
     /// proxy); otherwise they are dropped and replaced.
     pub trust_forwarded: bool,
@@ -126,6 +183,8 @@ impl Config {
             max_pending: DEFAULT_CAPACITY,
             max_body: DEFAULT_MAX_BODY_BYTES,
             store: StoreSpec::Memory,
+            store_prefix: "pkce:".into(),
+            store_timeout: Duration::from_secs(1),
             trust_forwarded: false,
             upstream_ca: None,
             header_timeout: Duration::from_secs(10),
@@ -153,8 +212,33 @@ impl Config {
         load(args).map(|(config, _)| config)
     }
 
-    /// The [`PkceLayer`] these settings describe, with an in-memory store.
-    pub fn layer(&self) -> PkceLayer {
+    /// The [`PkceLayer`] these settings describe, with the store they name. Fails only for a
+    /// Redis URL the `redis` crate cannot read, or a Redis store in a build without the
+    /// `redis` feature.
+    pub fn layer(&self) -> Result<PkceLayer, ConfigError> {
+        self.layer_and_store().map(|(layer, _)| layer)
+    }
+
+    /// The layer, and a handle on its store for the readiness check.
+    pub(crate) fn layer_and_store(&self) -> Result<(PkceLayer, super::Store), ConfigError> {
+        let store = match &self.store {
+            StoreSpec::Memory => {
+                super::Store::Memory(crate::MemoryStore::with_capacity(self.max_pending))
+            }
+            #[cfg(feature = "redis")]
+            StoreSpec::Redis(url) => super::Store::Redis(
+                crate::RedisStore::open(url.expose())
+                    .map_err(|e| ConfigError::new(format!("invalid --store {url}: {e}")))?
+                    .key_prefix(&self.store_prefix)
+                    .timeout(self.store_timeout),
+            ),
+            #[cfg(not(feature = "redis"))]
+            StoreSpec::Redis(_) => {
+                return Err(ConfigError::new(
+                    "--store redis://… needs pkce-proxy built with the redis feature",
+                ))
+            }
+        };
         let mut layer = PkceLayer::new()
             .authorize_path(&self.authorize_path)
             .token_path(&self.token_path)
@@ -162,8 +246,12 @@ impl Config {
             .mode(self.mode)
             .pending_ttl(self.pending_ttl)
             .code_ttl(self.code_ttl)
-            .max_body_bytes(self.max_body)
-            .with_store(crate::MemoryStore::with_capacity(self.max_pending));
+            .max_body_bytes(self.max_body);
+        layer = match &store {
+            super::Store::Memory(memory) => layer.with_store(memory.clone()),
+            #[cfg(feature = "redis")]
+            super::Store::Redis(redis) => layer.with_store(redis.clone()),
+        };
         for (id, client) in &self.clients {
             if client.exempt {
                 layer = layer.exempt_client(id.clone());
@@ -172,7 +260,7 @@ impl Config {
                 layer = layer.client_redirect_uris(id.clone(), client.redirect_uris.clone());
             }
         }
-        layer
+        Ok((layer, store))
     }
 
     /// The effective settings as `key = value` lines, one per setting, in the configuration
@@ -181,7 +269,7 @@ impl Config {
         use std::fmt::Write as _;
         let mut out = String::new();
         let d = |d: Duration| humantime::format_duration(d).to_string();
-        let lines: [(&str, String); 22] = [
+        let lines: [(&str, String); 24] = [
             ("upstream", quoted(&self.upstream.to_string())),
             ("listen", quoted(&self.listen.to_string())),
             (
@@ -196,7 +284,9 @@ impl Config {
             ("code_ttl", quoted(&d(self.code_ttl))),
             ("max_pending", self.max_pending.to_string()),
             ("max_body", self.max_body.to_string()),
-            ("store", quoted(self.store.as_str())),
+            ("store", quoted(&self.store.to_string())),
+            ("store_prefix", quoted(&self.store_prefix)),
+            ("store_timeout", quoted(&d(self.store_timeout))),
             ("trust_forwarded", self.trust_forwarded.to_string()),
             (
                 "upstream_ca",
@@ -244,10 +334,12 @@ fn quoted(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_default()
 }
 
-impl StoreSpec {
-    fn as_str(&self) -> &'static str {
+impl fmt::Display for StoreSpec {
+    /// `memory`, or the Redis URL with its password hidden.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Memory => "memory",
+            Self::Memory => f.write_str("memory"),
+            Self::Redis(url) => url.fmt(f),
         }
     }
 }
@@ -365,9 +457,16 @@ struct Args {
     /// Largest OAuth request body read, in bytes or with a unit (`64KiB`) [default: 64KiB].
     #[arg(long, env = "PKCE_PROXY_MAX_BODY", value_name = "SIZE")]
     max_body: Option<String>,
-    /// Where flows are kept: `memory` [default: memory].
+    /// Where flows are kept: `memory`, or a Redis/Valkey URL shared by every replica
+    /// (`redis://[:password@]host:port/db`, `rediss://…` for TLS) [default: memory].
     #[arg(long, env = "PKCE_PROXY_STORE", value_name = "STORE")]
     store: Option<String>,
+    /// Prefix of every Redis key [default: pkce:].
+    #[arg(long, env = "PKCE_PROXY_STORE_PREFIX", value_name = "PREFIX")]
+    store_prefix: Option<String>,
+    /// Longest a Redis operation may take before OAuth requests get 503 [default: 1s].
+    #[arg(long, env = "PKCE_PROXY_STORE_TIMEOUT", value_name = "DURATION")]
+    store_timeout: Option<String>,
     /// Keep clients' `X-Forwarded-*` and `Forwarded` headers (only behind a trusted proxy)
     /// [default: false].
     #[arg(long, env = "PKCE_PROXY_TRUST_FORWARDED", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
@@ -422,6 +521,8 @@ struct FileConfig {
     max_pending: Option<usize>,
     max_body: Option<SizeValue>,
     store: Option<String>,
+    store_prefix: Option<String>,
+    store_timeout: Option<String>,
     trust_forwarded: Option<bool>,
     upstream_ca: Option<PathBuf>,
     header_timeout: Option<String>,
@@ -520,7 +621,7 @@ fn merge(args: Args, file: FileConfig) -> Result<Config, ConfigError> {
             }
         };
     }
-    let durations: [(&str, Option<String>, Option<String>, &mut Duration); 8] = [
+    let durations: [(&str, Option<String>, Option<String>, &mut Duration); 9] = [
         (
             "idle-timeout",
             args.idle_timeout,
@@ -569,6 +670,12 @@ fn merge(args: Args, file: FileConfig) -> Result<Config, ConfigError> {
             file.shutdown_grace,
             &mut config.shutdown_grace,
         ),
+        (
+            "store-timeout",
+            args.store_timeout,
+            file.store_timeout,
+            &mut config.store_timeout,
+        ),
     ];
     for (name, flag, from_file, slot) in durations {
         if let Some(text) = flag.or(from_file) {
@@ -605,13 +712,13 @@ fn merge(args: Args, file: FileConfig) -> Result<Config, ConfigError> {
     if let Some(store) = args.store.or(file.store) {
         config.store = match store.as_str() {
             "memory" => StoreSpec::Memory,
-            other => {
-                return Err(ConfigError::new(format!(
-                    "invalid --store {other:?}: expected memory"
-                )))
-            }
+            url => StoreSpec::Redis(RedisUrl::new(url)?),
         };
     }
+    if let Some(prefix) = args.store_prefix.or(file.store_prefix) {
+        config.store_prefix = prefix;
+    }
+
     if let Some(trust) = args.trust_forwarded.or(file.trust_forwarded) {
         config.trust_forwarded = trust;
     }
@@ -633,6 +740,8 @@ fn merge(args: Args, file: FileConfig) -> Result<Config, ConfigError> {
             "--connect-timeout must be shorter than --upstream-timeout",
         ));
     }
+    // Build the store once now, so a URL the redis crate refuses is a configuration error.
+    let _checked = config.layer()?;
     Ok(config)
 }
 
@@ -1037,5 +1146,60 @@ mod tests {
         let again = parse(&[], &c.render()).unwrap();
         assert_eq!(again.render(), c.render());
         assert!(again.clients["odd \"id\""].exempt);
+    }
+
+    #[test]
+    fn a_redis_store_is_read_and_its_password_never_shown() {
+        let c = parse(
+            &[
+                "--upstream",
+                "http://x",
+                "--store",
+                "redis://pkce:s3cret-pw@cache.internal:6380/2",
+                "--store-prefix",
+                "login:",
+                "--store-timeout",
+                "250ms",
+            ],
+            "",
+        )
+        .unwrap();
+        assert_eq!(
+            c.store,
+            StoreSpec::Redis(
+                RedisUrl::new("redis://pkce:s3cret-pw@cache.internal:6380/2").unwrap()
+            )
+        );
+        let StoreSpec::Redis(url) = &c.store else {
+            unreachable!()
+        };
+        assert_eq!(url.expose(), "redis://pkce:s3cret-pw@cache.internal:6380/2");
+        assert_eq!(c.store_prefix, "login:");
+        assert_eq!(c.store_timeout, Duration::from_millis(250));
+        for shown in [format!("{c:?}"), c.render(), c.store.to_string()] {
+            assert!(!shown.contains("s3cret"), "{shown}");
+        }
+        assert!(c
+            .render()
+            .contains("store = \"redis://pkce:***@cache.internal:6380/2\""));
+        assert!(c.render().contains("store_prefix = \"login:\""));
+        assert_eq!(
+            RedisUrl::new("rediss://:pw@h/0").unwrap().to_string(),
+            "rediss://:***@h/0"
+        );
+        assert_eq!(
+            RedisUrl::new("redis://h:6379/0?x=a@b").unwrap().to_string(),
+            "redis://h:6379/0?x=a@b"
+        );
+        // From the file too; a URL the redis crate cannot read is refused at load time, and
+        // the message hides the password.
+        let c = parse(&[], "upstream = \"http://x\"\nstore = \"rediss://h:6379\"").unwrap();
+        assert!(matches!(c.store, StoreSpec::Redis(_)));
+        for bad in ["redis://:hunter2@[::1", "mongodb://:hunter2@h", "redis"] {
+            let err = parse(&["--upstream", "http://x", "--store", bad], "").unwrap_err();
+            let message = err.to_string();
+            assert!(message.starts_with("invalid --store"), "{message}");
+            assert!(!message.contains("hunter2"), "{message}");
+        }
     }
 }

@@ -72,14 +72,37 @@ mod server;
 mod stats;
 mod upstream;
 
-pub use config::{ClientConfig, Config, ConfigError, LogFormat, StoreSpec, DEFAULT_LISTEN};
+pub use config::{
+    ClientConfig, Config, ConfigError, LogFormat, RedisUrl, StoreSpec, DEFAULT_LISTEN,
+};
 
 use crate::service::{classify, Endpoint};
 use crate::PkceLayer;
 
+/// The store inside the layer, kept for the readiness check.
+#[derive(Clone, Debug)]
+pub(crate) enum Store {
+    Memory(crate::MemoryStore),
+    #[cfg(feature = "redis")]
+    Redis(crate::RedisStore),
+}
+
+impl Store {
+    /// Whether the store can serve requests now: always for memory, a `PING` within the
+    /// store timeout for Redis.
+    pub(crate) async fn check(&self) -> Result<(), crate::StoreError> {
+        match self {
+            Self::Memory(_) => Ok(()),
+            #[cfg(feature = "redis")]
+            Self::Redis(redis) => redis.ping().await,
+        }
+    }
+}
+
 /// State shared by every connection of one proxy.
 pub(crate) struct Shared {
     layer: PkceLayer,
+    store: Store,
     stats: stats::Stats,
     trust_forwarded: bool,
     body_timeout: std::time::Duration,
@@ -146,11 +169,16 @@ pub struct Proxy {
 
 impl Proxy {
     /// Binds the listeners (and the admin listener, if configured) and prepares the upstream
-    /// client. Fails if an address is taken or `--upstream-ca` cannot be read.
+    /// client. Fails if an address is taken, `--upstream-ca` cannot be read or the store URL
+    /// is not one the `redis` crate reads. A Redis store is not connected here: the proxy
+    /// starts without it, answers OAuth requests 503 and reports not ready until it answers.
     pub async fn bind(config: Config) -> io::Result<Self> {
-        let layer = config.layer();
+        let (layer, store) = config
+            .layer_and_store()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let shared = Arc::new(Shared {
             layer,
+            store,
             stats: stats::Stats::default(),
             trust_forwarded: config.trust_forwarded,
             body_timeout: config.body_timeout,
@@ -288,6 +316,10 @@ where
         return ExitCode::SUCCESS;
     }
     init_logging(config.log_format);
+    // `rediss://` goes through the redis crate's rustls client, which takes the process's
+    // default provider: ring, as for the upstream.
+    #[cfg(feature = "redis")]
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -313,8 +345,16 @@ where
             listen = %proxy.local_addr(),
             upstream = %proxy.config.upstream,
             mode = ?proxy.config.mode,
+            store = %proxy.config.store,
             "pkce-proxy started"
         );
+        // Connect to the store now rather than on the first login, and say if it is down.
+        let store = proxy.shared.store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.check().await {
+                tracing::error!(target: "pkce_proxy", error = %e, "the store does not answer; OAuth requests get 503 until it does");
+            }
+        });
         proxy.serve(shutdown).await
     });
     match served {
@@ -330,7 +370,7 @@ where
 pub(crate) type ProxyResult<B> = Result<Response<B>, Infallible>;
 
 impl Shared {
-    pub(crate) fn ready(&self) -> bool {
-        !self.shutting_down.load(Ordering::Relaxed)
+    pub(crate) fn shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed)
     }
 }
