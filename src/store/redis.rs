@@ -98,24 +98,27 @@ return state",
 /// roots), `redis+unix:///path`. Clones share one connection.
 #[derive(Clone)]
 pub struct RedisStore {
-    client: Client,
-    connection: Arc<OnceCell<ConnectionManager>>,
+    server: Arc<Server>,
     prefix: Arc<str>,
     timeout: Duration,
+}
+
+/// The server and the one connection every clone shares.
+struct Server {
+    client: Client,
+    connection: OnceCell<ConnectionManager>,
 }
 
 impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The client's connection info holds the password: leave it out.
+        let info = self.server.client.get_connection_info();
         f.debug_struct("RedisStore")
-            .field(
-                "server",
-                &self.client.get_connection_info().addr.to_string(),
-            )
-            .field("db", &self.client.get_connection_info().redis.db)
+            .field("server", &info.addr.to_string())
+            .field("db", &info.redis.db)
             .field("prefix", &self.prefix)
             .field("timeout", &self.timeout)
-            .field("connected", &self.connection.initialized())
+            .field("connected", &self.server.connection.initialized())
             .finish()
     }
 }
@@ -126,8 +129,10 @@ impl RedisStore {
     pub fn open(url: &str) -> Result<Self, StoreError> {
         let client = Client::open(url).map_err(StoreError::backend)?;
         Ok(Self {
-            client,
-            connection: Arc::new(OnceCell::new()),
+            server: Arc::new(Server {
+                client,
+                connection: OnceCell::new(),
+            }),
             prefix: DEFAULT_PREFIX.into(),
             timeout: DEFAULT_TIMEOUT,
         })
@@ -186,7 +191,8 @@ impl RedisStore {
     }
 
     async fn connection(&self) -> Result<ConnectionManager, RedisError> {
-        self.connection
+        self.server
+            .connection
             .get_or_try_init(|| {
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(self.timeout)
@@ -195,7 +201,7 @@ impl RedisStore {
                     // fail closed rather than wait for a long backoff.
                     .set_number_of_retries(2)
                     .set_max_delay(500);
-                ConnectionManager::new_with_config(self.client.clone(), config)
+                ConnectionManager::new_with_config(self.server.client.clone(), config)
             })
             .await
             .cloned()
