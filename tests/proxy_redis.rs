@@ -67,7 +67,7 @@ fn error_of(body: &Value) -> Option<&str> {
 
 #[tokio::test]
 async fn two_replicas_act_as_one() {
-    let (url, prefix, _redis) = shared().await;
+    let (url, prefix) = shared().await;
     let (legacy, upstream) = legacy().await;
     let exempt = ["--exempt-client", CONFIDENTIAL];
     let a = replica(upstream, &url, &prefix, &exempt).await;
@@ -209,7 +209,7 @@ async fn two_replicas_act_as_one() {
 
 #[tokio::test]
 async fn a_replica_restarted_mid_flow_loses_nothing() {
-    let (url, prefix, _redis) = shared().await;
+    let (url, prefix) = shared().await;
     let (_legacy, upstream) = legacy().await;
 
     // Authorize on A; A restarts; the sign-in comes back to the new A.

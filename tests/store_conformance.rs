@@ -486,8 +486,8 @@ mod redis {
     use tower_pkce::RedisStore;
 
     async fn store() -> (RedisStore, Option<RedisServer>) {
-        let (url, prefix, guard) = shared().await;
-        (RedisStore::open(&url).unwrap().key_prefix(&prefix), guard)
+        let (url, prefix) = shared().await;
+        (RedisStore::open(&url).unwrap().key_prefix(&prefix), None)
     }
 
     /// A server of its own, with `maxmemory` a little above what it uses empty.
