@@ -63,12 +63,32 @@
 //! - `response_mode=form_post` responses (a 200 HTML page) are not yet rewritten: their codes
 //!   stay unknown to the layer, so they fail closed at the token endpoint.
 //!
+//! # Stores
+//!
+//! Pending flows and code records live in a [`ChallengeStore`]. The default, [`MemoryStore`],
+//! keeps them in this process, bounded. With the feature `redis` (on by default),
+//! `RedisStore` keeps them on a Redis or Valkey server that several replicas share, so a flow
+//! may start on one and finish on another:
+//!
+//! ```no_run
+//! # #[cfg(feature = "redis")]
+//! # fn demo() -> Result<(), tower_pkce::StoreError> {
+//! use tower_pkce::{PkceLayer, RedisStore};
+//!
+//! let store = RedisStore::open("redis://redis.internal:6379/0")?;
+//! let layer = PkceLayer::new().with_store(store);
+//! # let _ = layer;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # The proxy
 //!
 //! With the default feature `proxy`, the crate also builds `pkce-proxy`, a reverse proxy with
 //! this layer inside, to put in front of a legacy server without changing it; [`proxy`] runs
-//! the same server in-process. Library users can drop its dependencies with
-//! `default-features = false`.
+//! the same server in-process. Library users can drop its dependencies (and the `redis`
+//! crate's) with `default-features = false`, and add `features = ["redis"]` back for the
+//! shared store.
 //!
 //! # Observability
 //!

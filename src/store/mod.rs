@@ -1,9 +1,10 @@
 //! Where the layer keeps authorizations in progress and the codes bound to them.
 //!
 //! [`ChallengeStore`] is the interface; [`MemoryStore`] (the default) keeps everything in this
-//! process. A networked backend implements the same trait: every method is one atomic step on
-//! one key, so it maps to single commands or a short server-side script, and the records have a
-//! compact byte encoding ([`PendingFlow::encode`], [`CodeRecord::encode`]).
+//! process, and `RedisStore` (feature `redis`) on a Redis or Valkey server that several
+//! replicas share. Every method is one atomic step on one key, so a networked backend maps it
+//! to single commands or a short server-side script, and the records have a compact byte
+//! encoding ([`PendingFlow::encode`], [`CodeRecord::encode`]).
 //!
 //! The layer never loads a record and then deletes it: single-use steps ([`take_flow`],
 //! [`redeem`]) are atomic in the store.
@@ -233,6 +234,10 @@ impl CodeRecord {
     }
 
     /// A compact byte encoding, for stores that keep bytes.
+    ///
+    /// The layout's first byte is the format version (1) and its last five are the state
+    /// (`L`, `R` or `B`) and the failure count (big-endian `u32`), so a store can change a
+    /// record's state in place (`RedisStore`'s scripts do) without decoding the rest.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(48 + self.binding.client_id.len());
         out.push(FORMAT_VERSION);
