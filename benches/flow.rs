@@ -19,7 +19,7 @@ use tokio::runtime::Runtime;
 use tower::{Layer as _, Service, ServiceExt as _};
 use tower_pkce::store::{CodeBinding, PendingFlow, StoreKey};
 use tower_pkce::{
-    ChallengeMethod, ChallengeStore as _, CodeChallenge, CodeVerifier, MemoryStore, PkceLayer,
+    ChallengeMethod, ChallengeStore, CodeChallenge, CodeVerifier, MemoryStore, PkceLayer,
 };
 
 /// The client's own `state`, which the layer swaps for its handle and puts back.
@@ -328,29 +328,66 @@ fn bench_pieces(c: &mut Criterion) {
     c.bench_function("store/memory_flow", |b| {
         b.to_async(&rt).iter(|| {
             n += 1;
-            async move {
-                let ttl = Duration::from_secs(600);
-                let handle = StoreKey::for_code(&n.to_le_bytes());
-                let code = StoreKey::for_code(&(!n).to_le_bytes());
-                let flow = PendingFlow::new(
-                    Some(challenge.clone()),
-                    "app",
-                    Some("https://app.example/cb"),
-                    Some(CLIENT_STATE),
-                );
-                let created = store.create_flow(handle, flow, ttl).await;
-                assert!(matches!(created, Ok(true)));
-                let taken = store.take_flow(handle).await.ok().flatten();
-                let binding = CodeBinding::new(taken.and_then(|f| f.challenge().cloned()), "app");
-                let bound = store.bind_code(code, binding, ttl).await;
-                assert!(matches!(bound, Ok(true)));
-                let record = store.code(code).await.ok().flatten();
-                black_box(record);
-                let redeemed = store.redeem(code).await;
-                assert!(matches!(redeemed, Ok(true)));
-            }
+            store_flow(store, n, challenge)
         })
     });
+
+    // The same against Redis, when `TOWER_PKCE_BENCH_REDIS_URL` names a scratch server: five
+    // round trips on a local socket, and a whole flow through the layer.
+    #[cfg(feature = "redis")]
+    if let Ok(url) = std::env::var("TOWER_PKCE_BENCH_REDIS_URL") {
+        let redis = tower_pkce::RedisStore::open(&url)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .key_prefix("bench:");
+        let redis = &redis;
+        c.bench_function("store/redis_flow", |b| {
+            b.to_async(&rt).iter(|| {
+                n += 1;
+                store_flow(redis, n, challenge)
+            })
+        });
+        let clients = clients();
+        let clients = &clients;
+        let svc = PkceLayer::new()
+            .with_store(redis.clone())
+            .layer(tower::service_fn(legacy));
+        let svc = &svc;
+        let mut i = 0;
+        c.bench_function("flow/with_layer_redis", |b| {
+            b.to_async(&rt).iter(|| {
+                i += 1;
+                let client = &clients[i % PAIRS];
+                async move {
+                    let (status, len) = flow(svc, client).await;
+                    assert_eq!(status, StatusCode::OK);
+                    black_box(len)
+                }
+            })
+        });
+    }
+}
+
+/// The store's share of one flow: record, take, bind, read, redeem.
+async fn store_flow<S: ChallengeStore>(store: &S, n: u64, challenge: &CodeChallenge) {
+    let ttl = Duration::from_secs(600);
+    let handle = StoreKey::for_code(&n.to_le_bytes());
+    let code = StoreKey::for_code(&(!n).to_le_bytes());
+    let flow = PendingFlow::new(
+        Some(challenge.clone()),
+        "app",
+        Some("https://app.example/cb"),
+        Some(CLIENT_STATE),
+    );
+    let created = store.create_flow(handle, flow, ttl).await;
+    assert!(matches!(created, Ok(true)));
+    let taken = store.take_flow(handle).await.ok().flatten();
+    let binding = CodeBinding::new(taken.and_then(|f| f.challenge().cloned()), "app");
+    let bound = store.bind_code(code, binding, ttl).await;
+    assert!(matches!(bound, Ok(true)));
+    let record = store.code(code).await.ok().flatten();
+    black_box(record);
+    let redeemed = store.redeem(code).await;
+    assert!(matches!(redeemed, Ok(true)));
 }
 
 // What `criterion_group!` and `criterion_main!` expand to, written out: the macro's `pub fn`

@@ -2,12 +2,14 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::{Arc, LazyLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, PoisonError, RwLock};
 use std::time::Duration;
 
+use rand::RngCore as _;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, Cmd, FromRedisValue, RedisError, Script, Value};
-use tokio::sync::OnceCell;
+use redis::io::tcp::TcpSettings;
+use redis::{Client, Cmd, ErrorKind, FromRedisValue, RedisError, Script, Value};
 
 use super::{
     ChallengeStore, CodeBinding, CodeRecord, CodeState, PendingFlow, StoreError, StoreKey,
@@ -21,6 +23,13 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The longest TTL sent to Redis: about 136 years, far below its overflow limit.
 const MAX_TTL_MS: u64 = u32::MAX as u64 * 1000;
+
+/// The least time a connection attempt gets, however short the operation timeout: it runs in
+/// a task of its own, so requests that stop waiting for it do not cancel it.
+const MIN_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long, after a redemption whose outcome is unknown, the store keeps trying to undo it.
+const UNDO_ATTEMPTS: u32 = 5;
 
 // The scripts below carry `allow-oom` (Redis 7, Valkey): they only rewrite bytes in place,
 // never grow a record, so a Redis at `maxmemory` still lets existing codes be redeemed, as the
@@ -49,6 +58,40 @@ static BIND: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"#!lua flags=allow-oom
 return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])",
+    )
+});
+
+/// Redeems a live code (`L` → `R`) and marks the redemption as this request's: `KEYS[2]`
+/// gets the nonce `ARGV[1]` for the record's remaining lifetime. Returns 1 if it moved.
+static REDEEM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"#!lua flags=allow-oom
+local v = redis.call('GET', KEYS[1])
+if not v then return 0 end
+local n = #v
+if n < 6 or string.byte(v, 1) ~= 1 then return redis.error_reply('corrupt record') end
+if string.sub(v, n - 4, n - 4) ~= 'L' then return 0 end
+redis.call('SETRANGE', KEYS[1], n - 5, 'R')
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > 0 then redis.call('SET', KEYS[2], ARGV[1], 'PX', ttl) end
+return 1",
+    )
+});
+
+/// Undoes the redemption marked with nonce `ARGV[1]`, if it is still the code's last one and
+/// the code is still redeemed: a reply lost to a timeout must not cost the user the code.
+static UNDO: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"#!lua flags=allow-oom
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[2])
+local v = redis.call('GET', KEYS[1])
+if not v then return 0 end
+local n = #v
+if n < 6 or string.byte(v, 1) ~= 1 then return redis.error_reply('corrupt record') end
+if string.sub(v, n - 4, n - 4) ~= 'R' then return 0 end
+redis.call('SETRANGE', KEYS[1], n - 5, 'L')
+return 1",
     )
 });
 
@@ -106,7 +149,81 @@ pub struct RedisStore {
 /// The server and the one connection every clone shares.
 struct Server {
     client: Client,
-    connection: OnceCell<ConnectionManager>,
+    /// The connection in use, with its generation. `None` until connected, and again after a
+    /// failure the `redis` crate does not recover from by itself: a timeout (a silent peer
+    /// never resets the connection) or a failed reconnect (its error would be cached).
+    current: RwLock<Option<(u64, ConnectionManager)>>,
+    /// Held while connecting, by the task that connects.
+    connecting: Arc<tokio::sync::Mutex<()>>,
+    generation: AtomicU64,
+}
+
+impl Server {
+    fn current(&self) -> Option<(u64, ConnectionManager)> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Drops the connection of generation `generation`, if it is still the one in use.
+    fn reset(&self, generation: u64) {
+        let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
+        if current.as_ref().map(|(g, _)| *g) == Some(generation) {
+            *current = None;
+            tracing::warn!(target: "tower_pkce", "redis connection dropped after a failure; the next operation reconnects");
+        }
+    }
+
+    async fn connect(
+        &self,
+        timeout: Duration,
+        op_timeout: Duration,
+    ) -> Result<(u64, ConnectionManager), RedisError> {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(timeout)
+            .set_response_timeout(op_timeout)
+            // Reconnect quickly, in the background: requests meanwhile time out and fail
+            // closed rather than wait for a long backoff.
+            .set_number_of_retries(1)
+            .set_max_delay(500)
+            .set_tcp_settings(TcpSettings::default().set_nodelay(true));
+        let mut manager = ConnectionManager::new_with_config(self.client.clone(), config).await?;
+        // Redis before 7 cannot compile the scripts (their flags): such a store must fail
+        // here, not look healthy and then refuse every login.
+        for script in [&*TRANSITION, &*REDEEM, &*UNDO, &*FAILURE, &*BIND] {
+            script.load_async(&mut manager).await?;
+        }
+        warn_about_eviction(&mut manager).await;
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) =
+            Some((generation, manager.clone()));
+        tracing::info!(target: "tower_pkce", "connected to redis");
+        Ok((generation, manager))
+    }
+}
+
+/// Logs a warning if Redis may evict records or grow without bound. `INFO` may be refused
+/// (some managed services): then nothing is said.
+async fn warn_about_eviction(manager: &mut ConnectionManager) {
+    let Ok(info) = redis::cmd("INFO")
+        .arg("memory")
+        .query_async::<String>(manager)
+        .await
+    else {
+        return;
+    };
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .map(str::trim)
+    };
+    if let Some(policy) = field("maxmemory_policy").filter(|p| *p != "noeviction") {
+        tracing::warn!(target: "tower_pkce", policy, "redis maxmemory-policy is not noeviction: an evicted record reads as absent (a pending flow lost, or an exempt client's used code forgotten)");
+    }
+    if field("maxmemory") == Some("0") {
+        tracing::warn!(target: "tower_pkce", "redis has no maxmemory: a flood of authorization requests can grow it without bound");
+    }
 }
 
 impl fmt::Debug for RedisStore {
@@ -118,7 +235,7 @@ impl fmt::Debug for RedisStore {
             .field("db", &info.redis.db)
             .field("prefix", &self.prefix)
             .field("timeout", &self.timeout)
-            .field("connected", &self.server.connection.initialized())
+            .field("connected", &self.server.current().is_some())
             .finish()
     }
 }
@@ -131,7 +248,9 @@ impl RedisStore {
         Ok(Self {
             server: Arc::new(Server {
                 client,
-                connection: OnceCell::new(),
+                current: RwLock::new(None),
+                connecting: Arc::new(tokio::sync::Mutex::new(())),
+                generation: AtomicU64::new(0),
             }),
             prefix: DEFAULT_PREFIX.into(),
             timeout: DEFAULT_TIMEOUT,
@@ -190,36 +309,61 @@ impl RedisStore {
         self.key(b'c', code)
     }
 
-    async fn connection(&self) -> Result<ConnectionManager, RedisError> {
-        self.server
-            .connection
-            .get_or_try_init(|| {
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(self.timeout)
-                    .set_response_timeout(self.timeout)
-                    // Reconnect quickly, in the background: requests meanwhile time out and
-                    // fail closed rather than wait for a long backoff.
-                    .set_number_of_retries(2)
-                    .set_max_delay(500);
-                ConnectionManager::new_with_config(self.server.client.clone(), config)
-            })
+    /// The connection in use, or a new one. The attempt runs in a task of its own that holds
+    /// the `connecting` lock, so concurrent requests wait for one attempt instead of starting
+    /// their own, and a request that stops waiting does not cancel it.
+    async fn connection(&self) -> Result<(u64, ConnectionManager), RedisError> {
+        if let Some(current) = self.server.current() {
+            return Ok(current);
+        }
+        let guard = self.server.connecting.clone().lock_owned().await;
+        if let Some(current) = self.server.current() {
+            return Ok(current);
+        }
+        let server = self.server.clone();
+        let (timeout, op_timeout) = (self.timeout.max(MIN_CONNECT_TIMEOUT), self.timeout);
+        let attempt = tokio::spawn(async move {
+            let _guard = guard;
+            match tokio::time::timeout(timeout * 2, server.connect(timeout, op_timeout)).await {
+                Ok(result) => result,
+                Err(_) => Err(RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "connecting to redis timed out",
+                ))),
+            }
+        });
+        attempt
             .await
-            .cloned()
+            .map_err(|e| RedisError::from(std::io::Error::other(e.to_string())))?
     }
 
-    /// Runs `op` with a connection, bounded by the timeout.
+    /// Runs `op` with a connection, bounded by the timeout. A timeout or a connection-level
+    /// error drops the connection, so the next operation gets a fresh one.
     async fn run<T, F>(&self, op: impl FnOnce(ConnectionManager) -> F) -> Result<T, StoreError>
     where
         F: Future<Output = Result<T, RedisError>>,
     {
+        let mut used = None;
         let work = async {
-            let connection = self.connection().await?;
+            let (generation, connection) = self.connection().await?;
+            used = Some(generation);
             op(connection).await
         };
-        match tokio::time::timeout(self.timeout, work).await {
+        let outcome = tokio::time::timeout(self.timeout, work).await;
+        match outcome {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(redis_error(e)),
-            Err(_) => Err(StoreError::backend("redis did not answer in time")),
+            Ok(Err(e)) => {
+                if let Some(generation) = used.filter(|_| connection_failure(&e)) {
+                    self.server.reset(generation);
+                }
+                Err(redis_error(e))
+            }
+            Err(_) => {
+                if let Some(generation) = used {
+                    self.server.reset(generation);
+                }
+                Err(StoreError::backend("redis did not answer in time"))
+            }
         }
     }
 
@@ -258,6 +402,49 @@ impl RedisStore {
         self.run(|mut connection| async move { invocation.invoke_async(&mut connection).await })
             .await
     }
+}
+
+impl RedisStore {
+    /// Undoes a redemption this store may have made (marked with `nonce`), retrying for a few
+    /// seconds while Redis is unreachable. If it never gets through, the code stays redeemed:
+    /// fail closed.
+    async fn undo(&self, key: Vec<u8>, marker: Vec<u8>, nonce: [u8; 16]) {
+        for attempt in 0..UNDO_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+            }
+            let mut invocation = UNDO.prepare_invoke();
+            invocation
+                .key(key.as_slice())
+                .key(marker.as_slice())
+                .arg(&nonce[..]);
+            let undone: Result<i64, StoreError> = self
+                .run(|mut connection| async move { invocation.invoke_async(&mut connection).await })
+                .await;
+            match undone {
+                Ok(1) => {
+                    tracing::info!(target: "tower_pkce", "a redemption whose reply was lost was given back");
+                    return;
+                }
+                Ok(_) => return,
+                Err(_) => continue,
+            }
+        }
+        tracing::warn!(target: "tower_pkce", "a redemption whose reply was lost could not be given back; the code stays redeemed");
+    }
+}
+
+/// Whether an error says the connection itself is unusable (rather than Redis refusing one
+/// command), so a fresh one should be made.
+fn connection_failure(error: &RedisError) -> bool {
+    error.is_timeout()
+        || error.is_io_error()
+        || error.is_connection_dropped()
+        || error.is_connection_refusal()
+        || matches!(
+            error.kind(),
+            ErrorKind::AuthenticationFailed | ErrorKind::ClientError
+        )
 }
 
 /// Milliseconds for `PX`: at least 1 (Redis refuses 0), at most [`MAX_TTL_MS`].
@@ -344,10 +531,29 @@ impl ChallengeStore for RedisStore {
     }
 
     async fn redeem(&self, code: StoreKey) -> Result<bool, StoreError> {
-        let moved: i64 = self
-            .script(&TRANSITION, self.code_key(code), &[b"L", b"R"])
-            .await?;
-        Ok(moved == 1)
+        let mut nonce = [0u8; 16];
+        rand::rng().fill_bytes(&mut nonce);
+        let (key, marker) = (self.code_key(code), self.key(b'r', code));
+        let mut invocation = REDEEM.prepare_invoke();
+        invocation
+            .key(key.as_slice())
+            .key(marker.as_slice())
+            .arg(&nonce[..]);
+        let result: Result<i64, StoreError> = self
+            .run(|mut connection| async move { invocation.invoke_async(&mut connection).await })
+            .await;
+        match result {
+            Ok(moved) => Ok(moved == 1),
+            Err(e) => {
+                // The script may have run and only its reply been lost: the layer answers 503
+                // and forwards nothing, so give the code back if this request did redeem it.
+                if !matches!(e, StoreError::Full) {
+                    let store = self.clone();
+                    tokio::spawn(async move { store.undo(key, marker, nonce).await });
+                }
+                Err(e)
+            }
+        }
     }
 
     async fn unredeem(&self, code: StoreKey) -> Result<bool, StoreError> {
