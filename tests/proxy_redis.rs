@@ -426,4 +426,22 @@ async fn a_password_protected_redis_works_and_its_password_is_never_logged() {
     let (_, log) = proxy.stop().await;
     assert!(log.contains("challenge store failed"), "{log}");
     assert!(!log.contains(password), "{log}");
+
+    // Given in the environment (as the README suggests), it is not in --help or
+    // --print-config either.
+    for flag in ["--help", "--print-config"] {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_pkce-proxy"))
+            .args(["--upstream", "http://127.0.0.1:1", flag])
+            .env("PKCE_PROXY_STORE", &good)
+            .output()
+            .await
+            .unwrap();
+        assert!(out.status.success(), "{flag}");
+        let printed = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            printed.contains("--store") || printed.contains("store = "),
+            "{printed}"
+        );
+        assert!(!printed.contains(password), "{flag}: {printed}");
+    }
 }

@@ -30,23 +30,31 @@ pub enum StoreSpec {
     Redis(RedisUrl),
 }
 
-/// A `redis://`, `rediss://` or `redis+unix://` URL. It may carry a password, so its `Debug`
-/// and `Display` show `***` in its place.
+/// A `redis://`, `rediss://` or `redis+unix://` URL. It may carry a password (in its user
+/// information, or in a `pass`/`password` query parameter), so its `Debug` and `Display` show
+/// `***` in its place, and a URL that does not parse is shown as its scheme only.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RedisUrl(String);
 
 impl RedisUrl {
-    /// Checks the scheme; the rest is checked when the store is built.
+    /// Checks the scheme, and refuses `#insecure` (a TLS connection that does not verify the
+    /// server); the rest is checked when the store is built.
     pub fn new(url: &str) -> Result<Self, ConfigError> {
         const SCHEMES: [&str; 4] = ["redis://", "rediss://", "redis+unix://", "unix://"];
-        if SCHEMES.iter().any(|s| url.starts_with(s)) {
-            Ok(Self(url.to_owned()))
-        } else {
-            Err(ConfigError::new(format!(
-                "invalid --store {:?}: expected memory or a redis://, rediss:// or redis+unix:// URL",
-                Self(url.to_owned()).to_string()
-            )))
+        let candidate = Self(url.to_owned());
+        if !SCHEMES.iter().any(|s| url.starts_with(s)) {
+            return Err(ConfigError::new(format!(
+                "invalid --store {candidate}: expected memory or a redis://, rediss:// or \
+                 redis+unix:// URL"
+            )));
         }
+        if url::Url::parse(url).is_ok_and(|u| u.fragment().is_some()) {
+            return Err(ConfigError::new(format!(
+                "invalid --store {candidate}: a #fragment (such as #insecure, which turns off \
+                 certificate checks) is not accepted"
+            )));
+        }
+        Ok(candidate)
     }
 
     /// The URL itself, password included.
@@ -57,19 +65,54 @@ impl RedisUrl {
 
 impl fmt::Display for RedisUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let url = &self.0;
-        let Some(start) = url.find("://").map(|i| i + 3) else {
-            return f.write_str(url);
+        let Ok(mut url) = url::Url::parse(&self.0) else {
+            // Never the raw text: a password with a `/` or `#` in it is what breaks parsing.
+            let scheme = self.0.split_once("://").map_or("", |(s, _)| s);
+            let scheme = if scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '+')
+            {
+                scheme
+            } else {
+                ""
+            };
+            return write!(f, "{scheme}://<URL that does not parse>");
         };
-        let rest = &url[start..];
-        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-        match rest[..authority_end].rfind('@') {
-            Some(at) => {
-                let user = rest[..at].split(':').next().unwrap_or_default();
-                write!(f, "{}{user}:***{}", &url[..start], &rest[at..])
-            }
-            None => f.write_str(url),
+        if url.password().is_some() {
+            let _ = url.set_password(Some("***"));
         }
+        // A password with unencoded `@`, `/` or `?` spills into the path or the query: show
+        // a path only when it is a database number (or a socket path for `redis+unix`), and
+        // query values only for the settings known to be harmless.
+        let unix = url.scheme().ends_with("unix");
+        if !unix
+            && !url
+                .path()
+                .trim_start_matches('/')
+                .chars()
+                .all(|c| c.is_ascii_digit())
+        {
+            url.set_path("/***");
+        }
+        if url.query().is_some() {
+            let pairs: Vec<(String, String)> = url
+                .query_pairs()
+                .map(|(k, v)| {
+                    let harmless = ["db", "protocol"].iter().any(|s| k.eq_ignore_ascii_case(s));
+                    let v = if harmless {
+                        v.into_owned()
+                    } else {
+                        "***".into()
+                    };
+                    (k.into_owned(), v)
+                })
+                .collect();
+            url.query_pairs_mut().clear().extend_pairs(pairs);
+        }
+        if url.fragment().is_some() {
+            url.set_fragment(Some("***"));
+        }
+        f.write_str(url.as_str())
     }
 }
 
@@ -459,7 +502,12 @@ struct Args {
     max_body: Option<String>,
     /// Where flows are kept: `memory`, or a Redis/Valkey URL shared by every replica
     /// (`redis://[:password@]host:port/db`, `rediss://…` for TLS) [default: memory].
-    #[arg(long, env = "PKCE_PROXY_STORE", value_name = "STORE")]
+    #[arg(
+        long,
+        env = "PKCE_PROXY_STORE",
+        value_name = "STORE",
+        hide_env_values = true
+    )]
     store: Option<String>,
     /// Prefix of every Redis key [default: pkce:].
     #[arg(long, env = "PKCE_PROXY_STORE_PREFIX", value_name = "PREFIX")]
@@ -1189,13 +1237,28 @@ mod tests {
         );
         assert_eq!(
             RedisUrl::new("redis://h:6379/0?x=a@b").unwrap().to_string(),
-            "redis://h:6379/0?x=a@b"
+            "redis://h:6379/0?x=***"
         );
+        assert_eq!(
+            RedisUrl::new("redis+unix:///run/redis.sock?db=1&pass=S3CRETunix")
+                .unwrap()
+                .to_string(),
+            "redis+unix:///run/redis.sock?db=1&pass=***"
+        );
+        assert!(RedisUrl::new("rediss://h:6379/0#insecure").is_err());
         // From the file too; a URL the redis crate cannot read is refused at load time, and
         // the message hides the password.
         let c = parse(&[], "upstream = \"http://x\"\nstore = \"rediss://h:6379\"").unwrap();
         assert!(matches!(c.store, StoreSpec::Redis(_)));
-        for bad in ["redis://:hunter2@[::1", "mongodb://:hunter2@h", "redis"] {
+        for bad in [
+            "redis://:hunter2@[::1",
+            "mongodb://:hunter2@h",
+            "redis",
+            "redis://:ab#cdhunter2@host:6379/0",
+            "redis://:a/b?hunter2@host:6379/0",
+            "redis://:a@b/hunter2@host:6379/0",
+            "redis+unix:///s?pass=hunter2#x",
+        ] {
             let err = parse(&["--upstream", "http://x", "--store", bad], "").unwrap_err();
             let message = err.to_string();
             assert!(message.starts_with("invalid --store"), "{message}");
