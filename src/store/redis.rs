@@ -138,7 +138,13 @@ return state",
 ///   manager). [`RedisStore::ping`] tells whether the server answers now.
 ///
 /// URLs: `redis://[user:password@]host[:port][/db]`, `rediss://…` for TLS (system and webpki
-/// roots), `redis+unix:///path`. Clones share one connection.
+/// roots), `redis+unix:///path`. Clones share one connection. `rediss://` uses rustls with the
+/// process's default crypto provider: if your program enables more than one rustls provider,
+/// install one (`rustls::crypto::ring::default_provider().install_default()`) before the first
+/// operation, as `pkce-proxy` does.
+///
+/// Needs Redis 7 or Valkey (the scripts carry flags): connecting loads them, so an older server
+/// fails there, and every operation fails closed, rather than later.
 #[derive(Clone)]
 pub struct RedisStore {
     server: Arc<Server>,
