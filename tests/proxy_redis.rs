@@ -28,33 +28,10 @@ async fn code_across(first: &str, second: &str) -> (String, Pkce) {
     let browser = browser();
     let pkce = Pkce::new();
     let query = support::authorize_query(CLIENT, REDIRECT, Some("st 1/é"), Some(&pkce.challenge));
-    let page = browser
-        .get(format!("{first}/authorize?{query}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(page.status(), StatusCode::OK, "the sign-in page");
-    let next = page
-        .url()
-        .query_pairs()
-        .find(|(k, _)| k == "next")
-        .unwrap()
-        .1
-        .into_owned();
+    let next = open_sign_in(&browser, first, &query).await;
     // The sign-in form is posted to the other replica; its redirect back to /authorize (with
     // the handle) is followed there too.
-    let done = browser
-        .post(format!("{second}/login"))
-        .form(&[("user", "alice"), ("next", next.as_str())])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        done.status(),
-        StatusCode::FOUND,
-        "the redirect to the client"
-    );
-    let location = done.headers()["location"].to_str().unwrap().to_owned();
+    let location = submit_sign_in(&browser, second, &next).await;
     assert!(location.starts_with(REDIRECT), "{location}");
     let p = params(&location);
     assert_eq!(p["state"], "st 1/é", "the client's own state, exactly");
@@ -217,28 +194,11 @@ async fn a_replica_restarted_mid_flow_loses_nothing() {
     let browser = browser();
     let pkce = Pkce::new();
     let query = support::authorize_query(CLIENT, REDIRECT, Some("keep me"), Some(&pkce.challenge));
-    let page = browser
-        .get(a.url(&format!("/authorize?{query}")))
-        .send()
-        .await
-        .unwrap();
-    let next = page
-        .url()
-        .query_pairs()
-        .find(|(k, _)| k == "next")
-        .unwrap()
-        .1
-        .into_owned();
+    let next = open_sign_in(&browser, &a.url(""), &query).await;
     let (status, _) = a.stop().await;
     assert!(status.success());
     let a = replica(upstream, &url, &prefix, &[]).await;
-    let done = browser
-        .post(a.url("/login"))
-        .form(&[("user", "alice"), ("next", next.as_str())])
-        .send()
-        .await
-        .unwrap();
-    let location = done.headers()["location"].to_str().unwrap().to_owned();
+    let location = submit_sign_in(&browser, &a.url(""), &next).await;
     let p = params(&location);
     assert_eq!(p["state"], "keep me");
 

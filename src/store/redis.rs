@@ -397,11 +397,13 @@ impl RedisStore {
     async fn script<T: FromRedisValue>(
         &self,
         script: &'static Script,
-        key: Vec<u8>,
+        keys: &[&[u8]],
         args: &[&[u8]],
     ) -> Result<T, StoreError> {
         let mut invocation = script.prepare_invoke();
-        invocation.key(key);
+        for key in keys {
+            invocation.key(*key);
+        }
         for arg in args {
             invocation.arg(*arg);
         }
@@ -419,14 +421,8 @@ impl RedisStore {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
             }
-            let mut invocation = UNDO.prepare_invoke();
-            invocation
-                .key(key.as_slice())
-                .key(marker.as_slice())
-                .arg(&nonce[..]);
-            let undone: Result<i64, StoreError> = self
-                .run(|mut connection| async move { invocation.invoke_async(&mut connection).await })
-                .await;
+            let undone: Result<i64, StoreError> =
+                self.script(&UNDO, &[&key, &marker], &[&nonce]).await;
             match undone {
                 Ok(1) => {
                     tracing::info!(target: "tower_pkce", "a redemption whose reply was lost was given back");
@@ -513,7 +509,7 @@ impl ChallengeStore for RedisStore {
         let record = CodeRecord::new(binding, CodeState::Live).encode();
         let ttl = ttl_millis(ttl).to_string();
         let reply: Value = self
-            .script(&BIND, self.code_key(code), &[&record, ttl.as_bytes()])
+            .script(&BIND, &[&self.code_key(code)], &[&record, ttl.as_bytes()])
             .await?;
         set_reply(reply)
     }
@@ -540,14 +536,8 @@ impl ChallengeStore for RedisStore {
         let mut nonce = [0u8; 16];
         rand::rng().fill_bytes(&mut nonce);
         let (key, marker) = (self.code_key(code), self.key(b'r', code));
-        let mut invocation = REDEEM.prepare_invoke();
-        invocation
-            .key(key.as_slice())
-            .key(marker.as_slice())
-            .arg(&nonce[..]);
-        let result: Result<i64, StoreError> = self
-            .run(|mut connection| async move { invocation.invoke_async(&mut connection).await })
-            .await;
+        let result: Result<i64, StoreError> =
+            self.script(&REDEEM, &[&key, &marker], &[&nonce]).await;
         match result {
             Ok(moved) => Ok(moved == 1),
             Err(e) => {
@@ -564,7 +554,7 @@ impl ChallengeStore for RedisStore {
 
     async fn unredeem(&self, code: StoreKey) -> Result<bool, StoreError> {
         let moved: i64 = self
-            .script(&TRANSITION, self.code_key(code), &[b"R", b"L"])
+            .script(&TRANSITION, &[&self.code_key(code)], &[b"R", b"L"])
             .await?;
         Ok(moved == 1)
     }
@@ -576,7 +566,7 @@ impl ChallengeStore for RedisStore {
     ) -> Result<Option<CodeState>, StoreError> {
         let max = max_failures.to_string();
         let state: Option<String> = self
-            .script(&FAILURE, self.code_key(code), &[max.as_bytes()])
+            .script(&FAILURE, &[&self.code_key(code)], &[max.as_bytes()])
             .await?;
         match state.as_deref() {
             None => Ok(None),

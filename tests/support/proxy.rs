@@ -142,6 +142,13 @@ pub fn params(url: &str) -> std::collections::HashMap<String, String> {
 /// Plays a browser through authorize → sign-in page → sign-in → re-entry; returns the final
 /// redirect's `Location`.
 pub async fn sign_in_flow(browser: &reqwest::Client, base: &str, query: &str) -> String {
+    let next = open_sign_in(browser, base, query).await;
+    submit_sign_in(browser, base, &next).await
+}
+
+/// Sends the authorization request and follows it to the sign-in page; returns the page's
+/// `next` (the authorization request to come back to).
+pub async fn open_sign_in(browser: &reqwest::Client, base: &str, query: &str) -> String {
     let page = browser
         .get(format!("{base}/authorize?{query}"))
         .send()
@@ -149,16 +156,20 @@ pub async fn sign_in_flow(browser: &reqwest::Client, base: &str, query: &str) ->
         .unwrap();
     assert_eq!(page.status(), StatusCode::OK, "the sign-in page");
     assert_eq!(page.url().path(), "/login", "a relative redirect, followed");
-    let next = page
-        .url()
+    page.url()
         .query_pairs()
         .find(|(k, _)| k == "next")
         .unwrap()
         .1
-        .into_owned();
+        .into_owned()
+}
+
+/// Signs in and follows the way back to `/authorize`; returns the `Location` of the redirect
+/// to the client.
+pub async fn submit_sign_in(browser: &reqwest::Client, base: &str, next: &str) -> String {
     let done = browser
         .post(format!("{base}/login"))
-        .form(&[("user", "alice"), ("next", next.as_str())])
+        .form(&[("user", "alice"), ("next", next)])
         .send()
         .await
         .unwrap();
