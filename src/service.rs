@@ -101,7 +101,7 @@ pub(crate) fn classify(shared: &Shared, path: &str) -> Endpoint {
             .any(|w| w.eq_ignore_ascii_case(b"well-known"))
     {
         // Cheap pre-check: only paths that could name a discovery document are compared.
-        if metadata::PATHS.iter().any(|p| path::matches(path, p)) {
+        if metadata::is_document(&path::normalize(path)) {
             Endpoint::Metadata
         } else {
             Endpoint::Other

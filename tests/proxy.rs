@@ -179,17 +179,25 @@ async fn an_exempt_confidential_client_goes_through_without_pkce() {
 async fn discovery_advertises_s256() {
     let (_legacy, upstream) = legacy().await;
     let proxy = Proxy::start(upstream, &[]).await;
-    let doc: Value = reqwest::get(proxy.url("/.well-known/openid-configuration"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(
-        doc["code_challenge_methods_supported"],
-        serde_json::json!(["S256"])
-    );
-    assert_eq!(doc["issuer"], "https://as.example");
+    // At the root and at an issuer's path (RFC 8414 §3.1, OpenID Discovery).
+    for path in [
+        "/.well-known/openid-configuration",
+        "/.well-known/oauth-authorization-server/tenant1",
+        "/tenant1/.well-known/openid-configuration",
+    ] {
+        let doc: Value = reqwest::get(proxy.url(path))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            doc["code_challenge_methods_supported"],
+            serde_json::json!(["S256"]),
+            "{path}"
+        );
+        assert_eq!(doc["issuer"], "https://as.example");
+    }
 }
 
 #[tokio::test]

@@ -10,11 +10,23 @@ use super::json;
 /// The member the layer sets.
 const MEMBER: &str = "code_challenge_methods_supported";
 
-/// Well-known paths of the documents the layer rewrites (already normalized).
-pub(crate) const PATHS: [&str; 2] = [
-    "/.well-known/openid-configuration",
-    "/.well-known/oauth-authorization-server",
-];
+/// Names of the documents the layer rewrites, under `/.well-known/`.
+const NAMES: [&str; 2] = ["openid-configuration", "oauth-authorization-server"];
+
+/// Whether a [`normalize`](super::path::normalize)d path names a discovery document: at the
+/// root (`/.well-known/openid-configuration`), for an issuer with a path in RFC 8414 §3.1's
+/// form (`/.well-known/oauth-authorization-server/tenant`, and the same shape for
+/// `openid-configuration`, which some servers use), or in OpenID Discovery's form
+/// (`/tenant/.well-known/openid-configuration`).
+pub(crate) fn is_document(normalized: &str) -> bool {
+    let mut segments = normalized.split('/').skip(1);
+    while let Some(segment) = segments.next() {
+        if segment == ".well-known" {
+            return segments.next().is_some_and(|name| NAMES.contains(&name));
+        }
+    }
+    false
+}
 
 /// `body` with `code_challenge_methods_supported` set to exactly `methods`: every existing
 /// occurrence replaced, or the member inserted first in the object. `None` if the body is not
@@ -63,6 +75,36 @@ mod tests {
 
     fn rewrite_str(body: &str, methods: &[&str]) -> Option<String> {
         rewrite(body.as_bytes(), methods).map(|b| String::from_utf8(b).unwrap())
+    }
+
+    #[test]
+    fn documents_at_the_root_and_at_issuer_paths() {
+        use crate::oauth::path::normalize;
+        for yes in [
+            "/.well-known/openid-configuration",
+            "/.well-known/oauth-authorization-server",
+            "/.well-known/oauth-authorization-server/tenant1",
+            "/.well-known/oauth-authorization-server/realms/acme",
+            "/.well-known/openid-configuration/tenant1",
+            "/tenant1/.well-known/openid-configuration",
+            "/realms/acme/.well-known/openid-configuration",
+            "/realms/acme/.well-known/oauth-authorization-server",
+            "/Tenant1/.Well-Known/OpenID-Configuration/",
+            "/tenant1/%2ewell-known/openid-configuration",
+            "//tenant1//.well-known//openid-configuration",
+        ] {
+            assert!(is_document(&normalize(yes)), "{yes}");
+        }
+        for no in [
+            "/.well-known/jwks.json",
+            "/.well-known/",
+            "/tenant1/.well-known/webfinger",
+            "/openid-configuration",
+            "/well-known/openid-configuration",
+            "/tenant1/openid-configuration/.well-known",
+        ] {
+            assert!(!is_document(&normalize(no)), "{no}");
+        }
     }
 
     #[test]

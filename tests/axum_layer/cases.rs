@@ -831,7 +831,18 @@ async fn discovery_advertises_exactly_the_allowed_methods() {
         (layer().allow_plain(true), vec!["S256", "plain"]),
     ] {
         let (app, _) = build(&layer);
-        let response = app.send(get("/.well-known/openid-configuration")).await;
+        for path in [
+            "/.well-known/openid-configuration",
+            "/.well-known/oauth-authorization-server/tenant1",
+            "/tenant1/.well-known/openid-configuration",
+        ] {
+            let response = app.send(get(path)).await;
+            assert_discovery(&response, &methods);
+        }
+    }
+}
+
+fn assert_discovery(response: &axum::http::Response<axum::body::Bytes>, methods: &[&str]) {
         assert_eq!(response.status(), StatusCode::OK);
         let length: usize = response.headers()[header::CONTENT_LENGTH]
             .to_str()
@@ -839,7 +850,7 @@ async fn discovery_advertises_exactly_the_allowed_methods() {
             .parse()
             .unwrap();
         assert_eq!(length, response.body().len());
-        let doc = json_body(&response);
+        let doc = json_body(response);
         assert_eq!(
             doc["code_challenge_methods_supported"],
             serde_json::json!(methods)
@@ -849,7 +860,6 @@ async fn discovery_advertises_exactly_the_allowed_methods() {
         let body = std::str::from_utf8(response.body()).unwrap();
         assert!(body.ends_with(&DISCOVERY[1..]), "{body}");
         assert!(!response.headers().contains_key(header::ETAG));
-    }
 }
 
 #[tokio::test]

@@ -73,6 +73,15 @@ impl Legacy {
             .route("/login", routing::get(login_page).post(login))
             .route("/token", post(token))
             .route("/.well-known/openid-configuration", routing::get(discovery))
+            // Discovery for an issuer with a path: RFC 8414 §3.1 and OpenID Discovery forms.
+            .route(
+                "/.well-known/oauth-authorization-server/tenant1",
+                routing::get(discovery),
+            )
+            .route(
+                "/tenant1/.well-known/openid-configuration",
+                routing::get(discovery),
+            )
             .route("/resource", routing::get(|| async { "protected resource" }))
             // An open redirector, as many legacy apps have one (a logout `next`, say).
             .route(
