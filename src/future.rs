@@ -82,7 +82,7 @@ where
                     metadata,
                 } => {
                     let response = ready!(future.poll(cx))?;
-                    if !needs_attention(&response, *metadata) {
+                    if !needs_attention(shared, &response, *metadata) {
                         return Poll::Ready(Ok(response.map(PkceBody::new)));
                     }
                     let shared = Arc::clone(shared);

@@ -70,6 +70,42 @@ pub(crate) struct Shared {
     pub(crate) config: Config,
     pub(crate) store: Arc<dyn DynStore>,
     pub(crate) metrics: Arc<Metrics>,
+    pub(crate) form_post: Arc<FormPostWindow>,
+}
+
+/// Until when HTML pages are read for form_post responses: as long as a flow this layer saw
+/// asked for `response_mode=form_post` may still be pending. Outside that window ordinary
+/// HTML costs nothing more than a header check.
+#[derive(Debug)]
+pub(crate) struct FormPostWindow {
+    epoch: std::time::Instant,
+    /// Milliseconds after `epoch`.
+    until: std::sync::atomic::AtomicU64,
+}
+
+impl FormPostWindow {
+    fn new() -> Self {
+        Self {
+            epoch: std::time::Instant::now(),
+            until: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Keeps the window open for at least `ttl` from now.
+    pub(crate) fn open(&self, ttl: std::time::Duration) {
+        let ttl = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        let until = self.now().saturating_add(ttl);
+        self.until
+            .fetch_max(until, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn is_open(&self) -> bool {
+        self.now() < self.until.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// A tower [`Layer`] that adds PKCE (RFC 7636) to the authorization server it wraps.
@@ -125,6 +161,7 @@ impl PkceLayer {
                 },
                 store: Arc::new(MemoryStore::new()),
                 metrics: Arc::new(Metrics::default()),
+                form_post: Arc::new(FormPostWindow::new()),
             }),
         }
     }

@@ -19,7 +19,7 @@ use crate::metrics::{Outcome, Pass};
 use crate::oauth::authorize::{self, AuthorizeParams, Part};
 use crate::oauth::error::{self, Reason};
 use crate::oauth::token::{self, BodyFormat};
-use crate::oauth::{metadata, params, path, redirect};
+use crate::oauth::{form_post, metadata, params, path, redirect};
 use crate::pkce::CodeVerifier;
 use crate::store::{CodeBinding, CodeState, PendingFlow, StoreError, StoreKey};
 use crate::BoxError;
@@ -406,6 +406,10 @@ async fn decide_authorize(
         || params.state.as_deref().map_or(0, str::len) > MAX_STATE_LEN;
     if too_long {
         return Err(Reason::ParameterTooLong);
+    }
+    if params.response_mode.as_deref() == Some("form_post") {
+        // The code comes back in an HTML page: read pages while this flow may be pending.
+        shared.form_post.open(config.pending_ttl);
     }
     let exempt = config.is_exempt(client_id);
     if params.request_object {
@@ -835,14 +839,29 @@ async fn check_token(
 // Responses
 
 /// Whether a response needs the layer's attention: a redirect that may carry one of our
-/// handles, or a discovery document. Allocation-free.
-pub(crate) fn needs_attention<B>(response: &Response<B>, metadata: bool) -> bool {
+/// handles, a discovery document, or an HTML page while a form_post flow may be pending.
+/// Allocation-free.
+pub(crate) fn needs_attention<B>(shared: &Shared, response: &Response<B>, metadata: bool) -> bool {
     (metadata && response.status() == http::StatusCode::OK)
         || (response.status().is_redirection()
             && response
                 .headers()
                 .get(header::LOCATION)
                 .is_some_and(|l| redirect::may_carry_state(l.as_bytes())))
+        || (is_html_page(response) && shared.form_post.is_open())
+}
+
+/// A 200 `text/html` response: what a form_post authorization response is.
+fn is_html_page<B>(response: &Response<B>) -> bool {
+    response.status() == http::StatusCode::OK
+        && response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|t| {
+                t.as_bytes()
+                    .get(..9)
+                    .is_some_and(|p| p.eq_ignore_ascii_case(b"text/html"))
+            })
 }
 
 /// Binds a code delivered by redirect, or releases the flow on an error, and puts the
@@ -856,11 +875,14 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    if !needs_attention(&response, metadata) {
+    if !needs_attention(shared, &response, metadata) {
         return response.map(PkceBody::new);
     }
     if metadata && response.status() == http::StatusCode::OK {
         return rewrite_metadata(shared, response).await;
+    }
+    if is_html_page(&response) {
+        return capture_form_post(shared, response).await;
     }
     let mut response = response;
     match capture_redirect(shared, response.headers_mut()).await {
@@ -870,23 +892,130 @@ where
 }
 
 async fn capture_redirect(shared: &Shared, headers: &mut HeaderMap) -> Result<(), Reason> {
-    const EP: &str = "redirect";
     let Some(location) = headers.get(header::LOCATION).and_then(|l| l.to_str().ok()) else {
         return Ok(());
     };
     let Some(capture) = redirect::capture(location) else {
         return Ok(());
     };
-    let handle = StoreKey::for_handle(capture.handle);
+    let settled = settle_flow(
+        shared,
+        capture.handle,
+        location,
+        capture.code.as_deref(),
+        capture.error,
+    )
+    .await?;
+    let Some(flow) = settled else {
+        return Ok(());
+    };
+    let restored = redirect::restore_state(location, &capture, flow.state());
+    match HeaderValue::from_str(&restored) {
+        Ok(value) => {
+            headers.insert(header::LOCATION, value);
+            Ok(())
+        }
+        Err(_) => Err(Reason::StoreUnavailable),
+    }
+}
+
+/// Reads an HTML page (at most [`form_post::MAX_PAGE_BYTES`]) for a form_post authorization
+/// response: binds its code and puts the client's state back, with `Cache-Control: no-store`.
+/// Any other page is passed on as it came.
+async fn capture_form_post<B>(shared: &Shared, response: Response<B>) -> Response<PkceBody<B>>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let encoded = response
+        .headers()
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|e| !e.as_bytes().eq_ignore_ascii_case(b"identity"));
+    let too_big =
+        content_length(response.headers()).is_some_and(|n| n > form_post::MAX_PAGE_BYTES as u64);
+    if encoded || too_big {
+        return response.map(PkceBody::new);
+    }
+    let (mut parts, body) = response.into_parts();
+    let mut body = Box::pin(body);
+    let mut page = bytes::BytesMut::new();
+    loop {
+        match body.frame().await {
+            None => break,
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => {
+                    page.extend_from_slice(&data);
+                    if page.len() > form_post::MAX_PAGE_BYTES {
+                        // Too long to be an authorization response: the rest streams on.
+                        return Response::from_parts(parts, PkceBody::prefixed(page.freeze(), body));
+                    }
+                }
+                // Trailers on an HTML page: not a form_post response; end the body here.
+                Err(_) => break,
+            },
+            Some(Err(_)) => {
+                tracing::warn!(target: "tower_pkce", "an HTML page from the upstream could not be read");
+                let mut response = error::html(Reason::StoreUnavailable);
+                *response.status_mut() = http::StatusCode::BAD_GATEWAY;
+                return respond(response);
+            }
+        }
+    }
+    let page = page.freeze();
+    let Some(capture) = std::str::from_utf8(&page).ok().and_then(form_post::capture) else {
+        return Response::from_parts(parts, PkceBody::full(page));
+    };
+    let text = std::str::from_utf8(&page).unwrap_or_default();
+    let target = capture.action.as_deref().unwrap_or_default();
+    let settled = settle_flow(
+        shared,
+        &capture.handle,
+        target,
+        capture.code.as_deref().map(str::as_bytes),
+        capture.error,
+    )
+    .await;
+    match settled {
+        Ok(Some(flow)) => {
+            let restored = Bytes::from(form_post::restore_state(text, &capture, flow.state()));
+            set_length(&mut parts.headers, restored.len());
+            parts.headers.remove(header::ETAG);
+            parts
+                .headers
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            parts
+                .headers
+                .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+            Response::from_parts(parts, PkceBody::full(restored))
+        }
+        Ok(None) => Response::from_parts(parts, PkceBody::full(page)),
+        Err(reason) => respond(error::html(reason)),
+    }
+}
+
+/// For an authorization response that carries `handle` as its state and goes to `target`
+/// (a redirect's `Location`, a form_post page's `action`): takes the pending flow, binds
+/// `code` to it (or releases it on `error`), and returns it so the caller can put the
+/// client's own state back. `Ok(None)` when the response is not one of the layer's (no such
+/// flow, or not the flow's redirect URI): it then passes unchanged.
+async fn settle_flow(
+    shared: &Shared,
+    handle: &str,
+    target: &str,
+    code: Option<&[u8]>,
+    error: bool,
+) -> Result<Option<PendingFlow>, Reason> {
+    const EP: &str = "redirect";
+    let handle = StoreKey::for_handle(handle);
     let flow = match shared.store.take_flow(handle).await {
         Ok(Some(flow)) => flow,
-        // Not one of ours, or expired: the redirect passes as it is. A code in it is unknown
+        // Not one of ours, or expired: the response passes as it is. A code in it is unknown
         // to the layer, so it fails closed at the token endpoint.
-        Ok(None) => return Ok(()),
+        Ok(None) => return Ok(None),
         Err(e) => {
             let reason = store_reason(&e);
             if refuse(shared, EP, None, reason, None) {
-                return Ok(());
+                return Ok(None);
             }
             return Err(reason);
         }
@@ -897,18 +1026,18 @@ async fn capture_redirect(shared: &Shared, headers: &mut HeaderMap) -> Result<()
         .redirect_uris
         .get(flow.client_id())
         .map_or(&[][..], Vec::as_slice);
-    if !redirect::targets(location, flow.redirect_uri(), registered) {
-        // Not the flow's redirect URI: some other redirect of the upstream's (an open
+    if !redirect::targets(target, flow.redirect_uri(), registered) {
+        // Not the flow's redirect URI: some other response of the upstream's (an open
         // redirector, say) echoing a handle. Put the flow back untouched rather than bind a
         // code someone else chose to another user's flow.
-        tracing::warn!(target: "tower_pkce", client_id = ?flow.client_id(), "redirect with a live handle to another URI ignored");
+        tracing::warn!(target: "tower_pkce", client_id = ?flow.client_id(), "response with a live handle to another URI ignored");
         let ttl = shared.config.pending_ttl;
         return match shared.store.create_flow(handle, flow, ttl).await {
-            Ok(_) => Ok(()),
+            Ok(_) => Ok(None),
             Err(e) => Err(store_reason(&e)),
         };
     }
-    if let Some(code) = capture.code.as_deref() {
+    if let Some(code) = code {
         let key = StoreKey::for_code(code);
         let binding = CodeBinding::new(flow.challenge().cloned(), flow.client_id());
         let outcome = match shared
@@ -929,17 +1058,10 @@ async fn capture_redirect(shared: &Shared, headers: &mut HeaderMap) -> Result<()
                 }
             }
         }
-    } else if capture.error {
+    } else if error {
         allow(shared, EP, client, Pass::ErrorReleased, None);
     }
-    let restored = redirect::restore_state(location, &capture, flow.state());
-    match HeaderValue::from_str(&restored) {
-        Ok(value) => {
-            headers.insert(header::LOCATION, value);
-            Ok(())
-        }
-        Err(_) => Err(Reason::StoreUnavailable),
-    }
+    Ok(Some(flow))
 }
 
 async fn rewrite_metadata<B>(shared: &Shared, response: Response<B>) -> Response<PkceBody<B>>

@@ -178,8 +178,46 @@ async fn authorize(
     if let Some(state) = q.get("state") {
         params.append_pair("state", state);
     }
+    // RFC 9207: the issuer in every authorization response.
+    params.append_pair("iss", ISSUER);
+    if q.get("response_mode").map(String::as_str) == Some("form_post") {
+        return form_post_page(redirect_uri, &params.finish());
+    }
     let location = format!("{redirect_uri}{sep}{}", params.finish());
     redirect(StatusCode::FOUND, &location)
+}
+
+pub const ISSUER: &str = "https://as.example";
+
+/// The form_post response mode: a page that POSTs the response parameters to the client.
+fn form_post_page(redirect_uri: &str, params: &str) -> Response<Body> {
+    let mut inputs = String::new();
+    for (name, value) in form_urlencoded::parse(params.as_bytes()) {
+        inputs.push_str(&format!(
+            "<input type=\"hidden\" name=\"{}\" value=\"{}\"/>",
+            html_escape(&name),
+            html_escape(&value)
+        ));
+    }
+    let page = format!(
+        "<!DOCTYPE html><html><head><title>Submit This Form</title></head>\
+         <body onload=\"javascript:document.forms[0].submit()\">\
+         <form method=\"post\" action=\"{}\">{inputs}</form></body></html>",
+        html_escape(redirect_uri)
+    );
+    let mut response = axum::response::Html(page).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, "no-cache".parse().unwrap());
+    response
+}
+
+fn html_escape(value: &str) -> String {
+    value
+        .replace('&', "&amp;")
+        .replace('"', "&quot;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 async fn login_page(Query(q): Query<HashMap<String, String>>) -> impl IntoResponse {
