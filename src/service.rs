@@ -947,7 +947,10 @@ where
                     page.extend_from_slice(&data);
                     if page.len() > form_post::MAX_PAGE_BYTES {
                         // Too long to be an authorization response: the rest streams on.
-                        return Response::from_parts(parts, PkceBody::prefixed(page.freeze(), body));
+                        return Response::from_parts(
+                            parts,
+                            PkceBody::prefixed(page.freeze(), body),
+                        );
                     }
                 }
                 // Trailers on an HTML page: not a form_post response; end the body here.

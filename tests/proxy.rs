@@ -864,3 +864,76 @@ async fn at_the_connection_limit_new_clients_wait_for_a_free_slot() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn form_post_and_hybrid_clients_complete_flows_and_their_attacks_fail() {
+    let (_legacy, upstream) = legacy().await;
+    let proxy = Proxy::start(upstream, &[]).await;
+    let base = proxy.url("");
+
+    // form_post: the page the browser gets posts the code and the client's own state.
+    let form_post_browser = browser();
+    let pkce = Pkce::new();
+    let state = "fp <&\"> state";
+    let query = format!(
+        "{}&response_mode=form_post",
+        support::authorize_query(CLIENT, REDIRECT, Some(state), Some(&pkce.challenge))
+    );
+    let next = open_sign_in(&form_post_browser, &base, &query).await;
+    let page = form_post_browser
+        .post(format!("{base}/login"))
+        .form(&[("user", "alice"), ("next", next.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    assert_eq!(page.headers()["cache-control"], "no-store");
+    let inputs = support::form_inputs(&page.bytes().await.unwrap());
+    let value = |name: &str| {
+        inputs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(value("state").as_deref(), Some(state));
+    assert_eq!(value("iss").as_deref(), Some(support::ISSUER));
+    let code = value("code").unwrap();
+    for verifier in [None, Some(Pkce::new().verifier)] {
+        let (status, body) = redeem(&base, &code, verifier.as_deref()).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("invalid_grant"))
+        );
+    }
+    assert_eq!(
+        redeem(&base, &code, Some(&pkce.verifier)).await.0,
+        StatusCode::OK
+    );
+
+    // Hybrid: code and state in the fragment, iss beside them; then an error in the fragment.
+    let pkce = Pkce::new();
+    let query = support::authorize_query(CLIENT, REDIRECT, Some("h"), Some(&pkce.challenge))
+        .replace("response_type=code", "response_type=code+id_token");
+    let location = sign_in_flow(&browser(), &base, &query).await;
+    assert!(location.starts_with(&format!("{REDIRECT}#")), "{location}");
+    let p = params(&location);
+    assert_eq!(
+        (p["state"].as_str(), p["iss"].as_str()),
+        ("h", support::ISSUER)
+    );
+    assert_eq!(
+        redeem(&base, &p["code"], None).await.0,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        redeem(&base, &p["code"], Some(&pkce.verifier)).await.0,
+        StatusCode::OK
+    );
+    let query = support::authorize_query(CLIENT, REDIRECT, Some("h err"), Some(&pkce.challenge))
+        .replace("response_type=code", "response_type=code+id_token")
+        .replace("scope=openid", "scope=forbidden");
+    let location = sign_in_flow(&browser(), &base, &query).await;
+    let p = params(&location);
+    assert!(location.contains("#error=access_denied"), "{location}");
+    assert_eq!(p["state"], "h err");
+}

@@ -56,9 +56,7 @@ fn tags(html: &str) -> Vec<Tag<'_>> {
         let start = at + offset;
         let rest = html.get(start..).unwrap_or_default();
         if rest.starts_with("<!--") {
-            at = rest
-                .find("-->")
-                .map_or(html.len(), |end| start + end + 3);
+            at = rest.find("-->").map_or(html.len(), |end| start + end + 3);
             continue;
         }
         let name_len = rest
@@ -102,7 +100,10 @@ fn attributes(html: &str, mut at: usize) -> (Vec<(&str, Cow<'_, str>)>, usize) {
     let bytes = html.as_bytes();
     let mut out = Vec::new();
     let skip_space = |mut i: usize| {
-        while bytes.get(i).is_some_and(|b| b.is_ascii_whitespace() || *b == b'/') {
+        while bytes
+            .get(i)
+            .is_some_and(|b| b.is_ascii_whitespace() || *b == b'/')
+        {
             i += 1;
         }
         i
@@ -231,23 +232,33 @@ mod tests {
 
     #[test]
     fn a_handle_is_long_enough_for_these_tests() {
-        assert!(is_handle(H.as_bytes()), "the test handle must look like one");
+        assert!(
+            is_handle(H.as_bytes()),
+            "the test handle must look like one"
+        );
     }
 
     #[test]
     fn finds_the_code_and_the_handle_whatever_the_quoting() {
         for inputs in [
-            format!(r#"<input type="hidden" name="code" value="c-1"/><input type="hidden" name="state" value="{H}"/>"#),
+            format!(
+                r#"<input type="hidden" name="code" value="c-1"/><input type="hidden" name="state" value="{H}"/>"#
+            ),
             format!(r#"<INPUT TYPE=hidden NAME=state VALUE={H}><INPUT NAME='code' VALUE='c-1'>"#),
             format!(r#"<input name = "state" value = "{H}" ><input value="c-1" name="code" >"#),
-            format!(r#"<input type="hidden" name="code" value="c&#45;1"><input name="state" value="{H}"><input name="iss" value="https://as.example">"#),
+            format!(
+                r#"<input type="hidden" name="code" value="c&#45;1"><input name="state" value="{H}"><input name="iss" value="https://as.example">"#
+            ),
         ] {
             let html = page(&inputs);
             let capture = capture(&html).unwrap_or_else(|| panic!("{inputs}"));
             assert_eq!(capture.handle, H);
             assert_eq!(capture.code.as_deref(), Some("c-1"));
             assert!(!capture.error);
-            assert_eq!(capture.action.as_deref(), Some("https://app.example/cb?x=1&y=2"));
+            assert_eq!(
+                capture.action.as_deref(),
+                Some("https://app.example/cb?x=1&y=2")
+            );
         }
     }
 
@@ -258,13 +269,21 @@ mod tests {
         ));
         let capture = capture(&html).unwrap();
         let restored = restore_state(&html, &capture, Some(r#"a"b<c>&'d é"#));
-        assert!(restored.contains(r#"name="state" value="a&quot;b&lt;c&gt;&amp;'d é""#), "{restored}");
+        assert!(
+            restored.contains(r#"name="state" value="a&quot;b&lt;c&gt;&amp;'d é""#),
+            "{restored}"
+        );
         assert!(!restored.contains(H));
-        assert!(restored.contains(r#"<input type="hidden" name="iss" value="https://as.example"/>"#));
+        assert!(
+            restored.contains(r#"<input type="hidden" name="iss" value="https://as.example"/>"#)
+        );
         assert!(restored.contains(r#"name="code" value="c1""#));
         // Read back, the client's value is exactly what it sent.
         let again = tags(&restored);
-        let state = again.iter().find(|t| t.attribute("name") == Some("state")).unwrap();
+        let state = again
+            .iter()
+            .find(|t| t.attribute("name") == Some("state"))
+            .unwrap();
         assert_eq!(state.attribute("value"), Some(r#"a"b<c>&'d é"#));
 
         let removed = restore_state(&html, &capture, None);
@@ -290,12 +309,18 @@ mod tests {
             // No handle.
             r#"<input name="code" value="c1"><input name="state" value="client-state">"#.to_owned(),
             // Two states, two codes, a code and nothing.
-            format!(r#"<input name="code" value="c1"><input name="state" value="{H}"><input name="state" value="x">"#),
-            format!(r#"<input name="code" value="c1"><input name="code" value="c2"><input name="state" value="{H}">"#),
+            format!(
+                r#"<input name="code" value="c1"><input name="state" value="{H}"><input name="state" value="x">"#
+            ),
+            format!(
+                r#"<input name="code" value="c1"><input name="code" value="c2"><input name="state" value="{H}">"#
+            ),
             format!(r#"<input name="state" value="{H}">"#),
             // The handle only in a comment or a script.
             format!(r#"<!-- <input name="state" value="{H}"> --><input name="code" value="c1">"#),
-            format!(r#"<script>var s = '<input name="state" value="{H}">';</script><input name="code" value="c1">"#),
+            format!(
+                r#"<script>var s = '<input name="state" value="{H}">';</script><input name="code" value="c1">"#
+            ),
         ] {
             assert!(capture(&page(&inputs)).is_none(), "{inputs}");
         }
@@ -303,13 +328,25 @@ mod tests {
 
     #[test]
     fn truncated_and_hostile_markup_does_not_panic() {
-        let html = page(&format!(r#"<input name="code" value="c1"><input name="state" value="{H}">"#));
+        let html = page(&format!(
+            r#"<input name="code" value="c1"><input name="state" value="{H}">"#
+        ));
         for cut in 0..html.len() {
             if let Some(prefix) = html.get(..cut) {
                 let _ = capture(prefix);
             }
         }
-        for junk in ["<", "<<<>>>", "<input", "<input name=", "<input name=\"", "<!--", "<script>", "<a b=c d='e", "<é name=state>"] {
+        for junk in [
+            "<",
+            "<<<>>>",
+            "<input",
+            "<input name=",
+            "<input name=\"",
+            "<!--",
+            "<script>",
+            "<a b=c d='e",
+            "<é name=state>",
+        ] {
             let _ = capture(junk);
         }
     }

@@ -180,14 +180,110 @@ async fn hybrid_flows_carry_code_and_state_in_the_fragment() {
         params["_location"]
     );
     assert_eq!(params["state"], "frag");
+    assert_eq!(params["iss"], ISSUER, "iss passes untouched");
     let response = redeem(&app, &params["code"], Some(&pkce.verifier), CLIENT).await;
     assert_eq!(response.status(), StatusCode::OK);
+    // An error in the fragment releases the flow and restores the state the same way.
+    let query = authorize_query(CLIENT, REDIRECT, Some("frag err"), Some(&Pkce::new().challenge))
+        .replace("response_type=code", "response_type=code+id_token")
+        .replace("scope=openid", "scope=forbidden");
+    let params = browser_flow(&app, &query).await;
+    assert!(params["_location"].contains("#error=access_denied"), "{}", params["_location"]);
+    assert_eq!(params["state"], "frag err");
+    assert_eq!(params["iss"], ISSUER);
     // Without the verifier, the fragment-delivered code is refused like any other.
     let (code, _) = code_for(&app, CLIENT, REDIRECT).await;
     assert_refused(
         &redeem(&app, &code, None, CLIENT).await,
         Reason::VerifierRequired,
     );
+}
+
+fn input<'a>(inputs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    let mut found = inputs.iter().filter(|(n, _)| n == name);
+    let value = found.next().map(|(_, v)| v.as_str());
+    assert!(found.next().is_none(), "{name} twice");
+    value
+}
+
+#[tokio::test]
+async fn form_post_pages_bind_the_code_and_restore_the_state() {
+    let (app, _) = build(&layer());
+    let pkce = Pkce::new();
+    let state = r#"a"b<c>&'d é/+"#;
+    let query = format!(
+        "{}&response_mode=form_post",
+        authorize_query(CLIENT, REDIRECT, Some(state), Some(&pkce.challenge))
+    );
+    let page = form_post_flow(&app, &query).await;
+    assert_eq!(page.headers()[header::CACHE_CONTROL], "no-store");
+    let length: usize = page.headers()[header::CONTENT_LENGTH]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(length, page.body().len());
+    let inputs = form_inputs(page.body());
+    assert_eq!(input(&inputs, "state"), Some(state), "exactly the client's state");
+    assert_eq!(input(&inputs, "iss"), Some(ISSUER), "iss untouched");
+    let html = std::str::from_utf8(page.body()).unwrap();
+    assert!(html.contains(&format!(r#"action="{REDIRECT}""#)), "{html}");
+    assert!(html.contains("document.forms[0].submit()"));
+    let code = input(&inputs, "code").unwrap().to_owned();
+    assert_refused(
+        &redeem(&app, &code, None, CLIENT).await,
+        Reason::VerifierRequired,
+    );
+    assert_refused(
+        &redeem(&app, &code, Some(&Pkce::new().verifier), CLIENT).await,
+        Reason::VerifierMismatch,
+    );
+    assert_redeems(&app, &code, &pkce.verifier).await;
+}
+
+#[tokio::test]
+async fn form_post_without_state_and_form_post_errors() {
+    let (app, _) = build(&layer());
+    // No state sent: none comes back.
+    let pkce = Pkce::new();
+    let query = format!(
+        "{}&response_mode=form_post",
+        authorize_query(CLIENT, REDIRECT, None, Some(&pkce.challenge))
+    );
+    let inputs = form_inputs(form_post_flow(&app, &query).await.body());
+    assert_eq!(input(&inputs, "state"), None, "{inputs:?}");
+    assert_eq!(input(&inputs, "iss"), Some(ISSUER));
+    let code = input(&inputs, "code").unwrap().to_owned();
+    assert_redeems(&app, &code, &pkce.verifier).await;
+    // An error page restores the state the same way.
+    let query = format!(
+        "{}&response_mode=form_post",
+        authorize_query(CLIENT, REDIRECT, Some("err-state"), Some(&pkce.challenge))
+    )
+    .replace("scope=openid", "scope=forbidden");
+    let inputs = form_inputs(form_post_flow(&app, &query).await.body());
+    assert_eq!(input(&inputs, "error"), Some("access_denied"));
+    assert_eq!(input(&inputs, "state"), Some("err-state"));
+}
+
+#[tokio::test]
+async fn html_pages_pass_untouched_while_a_form_post_flow_is_pending() {
+    let (app, _) = build(&layer());
+    let pkce = Pkce::new();
+    let query = format!(
+        "{}&response_mode=form_post",
+        authorize_query(CLIENT, REDIRECT, Some("s"), Some(&pkce.challenge))
+    );
+    let first = app.send(get(&format!("/authorize?{query}"))).await;
+    assert_eq!(first.status(), StatusCode::FOUND);
+    // The sign-in page is HTML and is read, but not one of ours: byte for byte.
+    let direct = Legacy::default().router();
+    let login = location(&first);
+    let through = app.send(get(&login)).await;
+    let straight = direct.send(get(&login)).await;
+    assert_eq!(through.status(), StatusCode::OK);
+    assert_eq!(through.body(), straight.body());
+    assert!(!through.headers().contains_key(header::CACHE_CONTROL));
 }
 
 #[tokio::test]

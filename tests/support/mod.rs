@@ -453,6 +453,39 @@ pub async fn reenter(t: &impl Transport, back: &str) -> Response<Bytes> {
     t.send(req).await
 }
 
+/// Plays a browser through authorize → sign-in → re-entry for `response_mode=form_post`;
+/// returns the final page.
+pub async fn form_post_flow(t: &impl Transport, query: &str) -> Response<Bytes> {
+    let first = t.send(get(&format!("/authorize?{query}"))).await;
+    assert_eq!(first.status(), StatusCode::FOUND, "{:?}", first.body());
+    let next = query_of(&location(&first)).remove("next").unwrap();
+    let back = sign_in(t, &next).await;
+    let page = reenter(t, &back).await;
+    assert_eq!(page.status(), StatusCode::OK, "{:?}", page.body());
+    page
+}
+
+/// The hidden inputs of a form_post page, decoded, in order.
+pub fn form_inputs(page: &[u8]) -> Vec<(String, String)> {
+    let html = std::str::from_utf8(page).unwrap();
+    html.split("<input ")
+        .skip(1)
+        .map(|tag| {
+            let attr = |name: &str| {
+                let start = tag.find(&format!("{name}=\"")).unwrap() + name.len() + 2;
+                let end = start + tag[start..].find('"').unwrap();
+                tag[start..end]
+                    .replace("&quot;", "\"")
+                    .replace("&lt;", "<")
+                    .replace("&gt;", ">")
+                    .replace("&#x27;", "'")
+                    .replace("&amp;", "&")
+            };
+            (attr("name"), attr("value"))
+        })
+        .collect()
+}
+
 /// Plays a browser through authorize → sign-in → re-entry → redirect. Returns the final
 /// redirect's parameters.
 pub async fn browser_flow(t: &impl Transport, query: &str) -> HashMap<String, String> {
