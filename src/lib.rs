@@ -60,8 +60,9 @@
 //! - Codes, verifiers, secrets and tokens are never logged; store keys are SHA-256 digests.
 //! - The layer cannot revoke tokens the upstream issued for a code that is later replayed
 //!   (RFC 6749 §4.1.2 says the server SHOULD); it refuses the replay.
-//! - `response_mode=form_post` responses (a 200 HTML page) are not yet rewritten: their codes
-//!   stay unknown to the layer, so they fail closed at the token endpoint.
+//! - `response_mode=form_post` responses (a 200 HTML page, read only while a form_post flow may
+//!   be pending, at most 64 KiB) get the same treatment as redirects; `iss` (RFC 9207) passes
+//!   through untouched in every response mode.
 //!
 //! # Stores
 //!
