@@ -39,6 +39,7 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 pub(crate) struct Config {
     pub(crate) authorize_path: String,
     pub(crate) token_path: String,
+    pub(crate) par_path: Option<String>,
     pub(crate) exempt: HashSet<Box<str>>,
     pub(crate) allow_plain: bool,
     pub(crate) mode: Mode,
@@ -150,6 +151,7 @@ impl PkceLayer {
                 config: Config {
                     authorize_path: "/authorize".into(),
                     token_path: "/token".into(),
+                    par_path: None,
                     exempt: HashSet::new(),
                     allow_plain: false,
                     mode: Mode::Enforce,
@@ -184,6 +186,21 @@ impl PkceLayer {
     pub fn token_path(self, path: impl AsRef<str>) -> Self {
         let path = path::normalize(path.as_ref());
         self.config(|c| c.token_path = path)
+    }
+
+    /// The path of the upstream's pushed authorization request endpoint (RFC 9126), matched
+    /// like [`authorize_path`](Self::authorize_path); off by default.
+    ///
+    /// When set, a pushed request is checked like an authorization request (its errors in the
+    /// PAR JSON format, 400), its `state` is swapped for a handle in the pushed body, and the
+    /// `request_uri` the upstream answers with (201) is remembered, for the pushed request's
+    /// lifetime (`expires_in`, at most the pending TTL). An authorization request by
+    /// `request_uri` is then let through only for the client that pushed it and without PKCE
+    /// parameters that differ from the pushed ones. When unset, `request_uri` is refused for
+    /// clients that are not exempt.
+    pub fn par_path(self, path: impl AsRef<str>) -> Self {
+        let path = path::normalize(path.as_ref());
+        self.config(|c| c.par_path = Some(path))
     }
 
     /// Lets a (confidential) client use the authorization code flow without PKCE. Its flows
@@ -275,6 +292,7 @@ impl fmt::Debug for PkceLayer {
         f.debug_struct("PkceLayer")
             .field("authorize_path", &c.authorize_path)
             .field("token_path", &c.token_path)
+            .field("par_path", &c.par_path)
             .field("exempt", &c.exempt)
             .field("allow_plain", &c.allow_plain)
             .field("mode", &c.mode)

@@ -84,6 +84,7 @@ impl<S: std::fmt::Debug> std::fmt::Debug for Pkce<S> {
 pub(crate) enum Endpoint {
     Authorize,
     Token,
+    Par,
     Metadata,
     Other,
 }
@@ -94,6 +95,12 @@ pub(crate) fn classify(shared: &Shared, path: &str) -> Endpoint {
         Endpoint::Token
     } else if path::matches(path, &config.authorize_path) {
         Endpoint::Authorize
+    } else if config
+        .par_path
+        .as_deref()
+        .is_some_and(|par| path::matches(path, par))
+    {
+        Endpoint::Par
     } else if path.contains('%')
         || path
             .as_bytes()
@@ -154,10 +161,10 @@ where
                 let inner = std::mem::replace(&mut self.inner, clone);
                 let shared = shared.clone();
                 ResponseFuture::boxed(Box::pin(async move {
-                    if endpoint == Endpoint::Token {
-                        token_request(shared, inner, req).await
-                    } else {
-                        authorize_request(shared, inner, req).await
+                    match endpoint {
+                        Endpoint::Token => token_request(shared, inner, req).await,
+                        Endpoint::Par => par_request(shared, inner, req).await,
+                        _ => authorize_request(shared, inner, req).await,
                     }
                 }))
             }
@@ -394,6 +401,7 @@ enum AuthorizeDecision {
 async fn decide_authorize(
     shared: &Shared,
     params: &AuthorizeParams,
+    pushed: bool,
 ) -> Result<AuthorizeDecision, Reason> {
     let config = &shared.config;
     const EP: &str = "authorize";
@@ -412,6 +420,11 @@ async fn decide_authorize(
         shared.form_post.open(config.pending_ttl);
     }
     let exempt = config.is_exempt(client_id);
+    if !pushed && config.par_path.is_some() && !params.request {
+        if let Some(uri) = params.request_uri.as_deref() {
+            return decide_by_request_uri(shared, params, client_id, uri).await;
+        }
+    }
     if params.request_object {
         if exempt {
             allow(shared, EP, client, Pass::ExemptRequestObject, None);
@@ -430,6 +443,10 @@ async fn decide_authorize(
             .await
             .map_err(|e| store_reason(&e))?;
         if let Some(flow) = live {
+            if pushed {
+                // A pushed request never re-enters a flow: its state is the client's own.
+                return Err(Reason::HandleMismatch);
+            }
             reentry_matches(&flow, params, config.allow_plain)?;
             allow(shared, EP, client, Pass::Reentry, None);
             return Ok(AuthorizeDecision::Unchanged);
@@ -460,6 +477,183 @@ async fn decide_authorize(
     }
     allow(shared, EP, client, pass, None);
     Ok(AuthorizeDecision::Wrapped(handle))
+}
+
+/// The store key of a pushed request's record, beside the pending flows' handles.
+fn pushed_key(request_uri: &str) -> StoreKey {
+    StoreKey::for_handle(&format!("par:{request_uri}"))
+}
+
+/// An authorization request by `request_uri`: the flow comes from the pushed request only.
+/// The client must be the one that pushed it, and PKCE parameters in the request, if any,
+/// must be the pushed ones.
+async fn decide_by_request_uri(
+    shared: &Shared,
+    params: &AuthorizeParams,
+    client_id: &str,
+    request_uri: &str,
+) -> Result<AuthorizeDecision, Reason> {
+    let pushed = shared
+        .store
+        .flow(pushed_key(request_uri))
+        .await
+        .map_err(|e| store_reason(&e))?
+        .ok_or(Reason::UnknownRequestUri)?;
+    if pushed.client_id() != client_id {
+        return Err(Reason::PushedRequestMismatch);
+    }
+    if params.challenge.is_some() || params.method.is_some() {
+        let challenge = authorize::check_pkce(params, shared.config.allow_plain, false)?;
+        if challenge.as_ref() != pushed.challenge() {
+            return Err(Reason::PushedRequestMismatch);
+        }
+    }
+    allow(shared, "authorize", Some(client_id), Pass::Reentry, None);
+    Ok(AuthorizeDecision::Unchanged)
+}
+
+/// Most bytes of a PAR response read for its `request_uri`.
+const MAX_PAR_RESPONSE_BYTES: usize = 16 * 1024;
+
+/// A pushed authorization request (RFC 9126): checked like an authorization request, its
+/// state swapped for a handle in the body, and the `request_uri` of a 201 remembered.
+async fn par_request<S, ReqBody, ResBody>(
+    shared: Arc<Shared>,
+    mut inner: S,
+    req: Request<ReqBody>,
+) -> Result<Response<PkceBody<ResBody>>, S::Error>
+where
+    S: Service<Request<PkceBody<ReqBody>>, Response = Response<ResBody>>,
+    ReqBody: Body<Data = Bytes>,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    const EP: &str = "par";
+    let (mut parts, body) = req.into_parts();
+    if parts.method != Method::POST {
+        // RFC 9126 §2: POST only. The upstream says so itself.
+        let req = Request::from_parts(parts, PkceBody::new(body));
+        return Ok(finish_response(&shared, inner.call(req).await?, false).await);
+    }
+    let read = read_body(&parts.headers, body, shared.config.max_body_bytes)
+        .await
+        .and_then(|bytes| {
+            if plainly_framed(&parts.headers) && is_form_or_untyped(&parts.headers) {
+                Ok(bytes)
+            } else {
+                Err(Reason::UnsupportedContentType)
+            }
+        });
+    let body = match read {
+        Ok(bytes) => bytes,
+        Err(reason) => {
+            refuse(&shared, EP, None, reason, None);
+            return Ok(respond(error::json(reason)));
+        }
+    };
+    let query = parts.uri.query().unwrap_or_default().as_bytes();
+    let checked = authorize::parse(query, Some(&body)).and_then(|params| {
+        if params.request_uri.is_some() {
+            // RFC 9126 §2.1: a pushed request cannot itself refer to one.
+            Err(Reason::RequestObject)
+        } else {
+            Ok(params)
+        }
+    });
+    let decision = match checked {
+        Err(reason) => Err((reason, None)),
+        Ok(params) if !params.wants_code => Ok((AuthorizeDecision::Unchanged, params)),
+        Ok(params) => match decide_authorize(&shared, &params, true).await {
+            Ok(decision) => Ok((decision, params)),
+            Err(reason) => Err((reason, Some(params))),
+        },
+    };
+    let (decision, params) = match decision {
+        Ok(ok) => ok,
+        Err((reason, params)) => {
+            let client = params.as_ref().and_then(|p| p.client_id.as_deref());
+            if !refuse(&shared, EP, client, reason, None) {
+                return Ok(respond(error::json(reason)));
+            }
+            (AuthorizeDecision::Unchanged, params.unwrap_or_default())
+        }
+    };
+    let AuthorizeDecision::Wrapped(handle) = decision else {
+        set_length(&mut parts.headers, body.len());
+        let req = Request::from_parts(parts, PkceBody::full(body));
+        return Ok(finish_response(&shared, inner.call(req).await?, false).await);
+    };
+    let pair = format!("state={handle}");
+    let pushed_body = match params.state_at.clone() {
+        Some((Part::Body, span)) => params::splice(&body, span, pair.as_bytes()),
+        _ if body.is_empty() => pair.into_bytes(),
+        _ => [&body[..], b"&", pair.as_bytes()].concat(),
+    };
+    set_length(&mut parts.headers, pushed_body.len());
+    let req = Request::from_parts(parts, PkceBody::full(Bytes::from(pushed_body)));
+    let response = inner.call(req).await;
+    let handle_key = StoreKey::for_handle(&handle);
+    let response = match response {
+        Ok(response) => response,
+        Err(e) => {
+            let _ = shared.store.take_flow(handle_key).await;
+            return Err(e);
+        }
+    };
+    if response.status() != http::StatusCode::CREATED {
+        // Refused upstream: nothing will come back for this handle.
+        let _ = shared.store.take_flow(handle_key).await;
+        return Ok(response.map(PkceBody::new));
+    }
+    let (parts, body) = response.into_parts();
+    let bytes = match Limited::new(body, MAX_PAR_RESPONSE_BYTES).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => {
+            let _ = shared.store.take_flow(handle_key).await;
+            tracing::warn!(target: "tower_pkce", "a pushed authorization response could not be read");
+            let mut response = error::json(Reason::StoreUnavailable);
+            *response.status_mut() = http::StatusCode::BAD_GATEWAY;
+            return Ok(respond(response));
+        }
+    };
+    let answer: Option<(String, Option<u64>)> = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| {
+            let uri = v.get("request_uri")?.as_str()?.to_owned();
+            Some((uri, v.get("expires_in").and_then(serde_json::Value::as_u64)))
+        });
+    let remembered = match answer {
+        Some((uri, expires_in)) => {
+            let ttl = expires_in
+                .map(std::time::Duration::from_secs)
+                .map_or(shared.config.pending_ttl, |t| {
+                    t.min(shared.config.pending_ttl)
+                });
+            match shared.store.flow(handle_key).await {
+                Ok(Some(flow)) => shared
+                    .store
+                    .create_flow(pushed_key(&uri), flow, ttl)
+                    .await
+                    .map_err(|e| store_reason(&e))
+                    .and_then(|created| created.then_some(()).ok_or(Reason::StoreUnavailable)),
+                Ok(None) => Err(Reason::StoreUnavailable),
+                Err(e) => Err(store_reason(&e)),
+            }
+        }
+        None => {
+            tracing::warn!(target: "tower_pkce", "a pushed authorization response without request_uri");
+            Err(Reason::StoreUnavailable)
+        }
+    };
+    if let Err(reason) = remembered {
+        let _ = shared.store.take_flow(handle_key).await;
+        let client = params.client_id.as_deref();
+        if !refuse(&shared, EP, client, reason, None) {
+            return Ok(respond(error::json(reason)));
+        }
+    }
+    Ok(Response::from_parts(parts, PkceBody::full(bytes)))
 }
 
 async fn authorize_request<S, ReqBody, ResBody>(
@@ -518,8 +712,11 @@ where
     let query = parts.uri.query().unwrap_or_default().as_bytes();
     let decision = match authorize::parse(query, buffered.as_deref()) {
         Err(reason) => Err((reason, None)),
-        Ok(params) if !params.wants_code => Ok((AuthorizeDecision::Unchanged, params)),
-        Ok(params) => match decide_authorize(&shared, &params).await {
+        // A request by reference carries its response_type in the pushed request.
+        Ok(params) if !params.wants_code && params.request_uri.is_none() => {
+            Ok((AuthorizeDecision::Unchanged, params))
+        }
+        Ok(params) => match decide_authorize(&shared, &params, false).await {
             Ok(decision) => Ok((decision, params)),
             Err(reason) => Err((reason, Some(params))),
         },

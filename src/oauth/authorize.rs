@@ -34,6 +34,10 @@ pub(crate) struct AuthorizeParams {
     pub(crate) response_mode: Option<String>,
     /// `request` or `request_uri` is present.
     pub(crate) request_object: bool,
+    /// A signed `request` object is present.
+    pub(crate) request: bool,
+    /// `request_uri`, a reference to a pushed authorization request (RFC 9126).
+    pub(crate) request_uri: Option<String>,
 }
 
 fn utf8(value: Option<&[u8]>) -> Result<Option<String>, Reason> {
@@ -89,6 +93,8 @@ pub(crate) fn parse(query: &[u8], body: Option<&[u8]>) -> Result<AuthorizeParams
         method: utf8(value("code_challenge_method"))?,
         response_mode: utf8(value("response_mode"))?,
         request_object: value("request").is_some() || value("request_uri").is_some(),
+        request: value("request").is_some(),
+        request_uri: utf8(value("request_uri"))?,
     })
 }
 

@@ -56,6 +56,11 @@ pub enum Reason {
     HandleMismatch,
     /// A `request` or `request_uri` parameter, whose challenge the layer cannot read.
     RequestObject,
+    /// A `request_uri` the layer did not see pushed (PAR), or that expired.
+    UnknownRequestUri,
+    /// An authorization request by `request_uri` whose client, or PKCE parameters, differ
+    /// from the pushed request's.
+    PushedRequestMismatch,
     /// OAuth parameters in the token request's query string.
     ParametersInQuery,
     /// A token request for `authorization_code` without `code`.
@@ -184,6 +189,16 @@ impl Reason {
                 REQ,
                 "request and request_uri are not supported; send code_challenge as a parameter",
             ),
+            Self::UnknownRequestUri => (
+                "unknown_request_uri",
+                "invalid_request_uri",
+                "request_uri is unknown or expired; push the authorization request again",
+            ),
+            Self::PushedRequestMismatch => (
+                "pushed_request_mismatch",
+                REQ,
+                "the parameters differ from the pushed authorization request's",
+            ),
             Self::ParametersInQuery => (
                 "parameters_in_query",
                 REQ,
@@ -260,7 +275,7 @@ impl Reason {
     }
 
     /// Every reason, for metrics.
-    pub(crate) const ALL: [Reason; 31] = [
+    pub(crate) const ALL: [Reason; 33] = [
         Self::DuplicateParameter,
         Self::ParameterInQueryAndBody,
         Self::MalformedParameter,
@@ -276,6 +291,8 @@ impl Reason {
         Self::MalformedChallenge,
         Self::HandleMismatch,
         Self::RequestObject,
+        Self::UnknownRequestUri,
+        Self::PushedRequestMismatch,
         Self::ParametersInQuery,
         Self::MissingCode,
         Self::MultipleClientAuth,
@@ -460,7 +477,11 @@ mod tests {
             assert_eq!(reason.index(), i);
             assert!(matches!(
                 reason.error_code(),
-                "invalid_request" | "invalid_grant" | "invalid_client" | "temporarily_unavailable"
+                "invalid_request"
+                    | "invalid_grant"
+                    | "invalid_client"
+                    | "temporarily_unavailable"
+                    | "invalid_request_uri"
             ));
             // RFC 6749 §5.2: error_description uses %x20-21 / %x23-5B / %x5D-7E only.
             assert!(

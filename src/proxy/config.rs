@@ -163,6 +163,8 @@ pub struct Config {
     pub authorize_path: String,
     /// The upstream's token endpoint path.
     pub token_path: String,
+    /// The upstream's pushed authorization request endpoint (RFC 9126), if it has one.
+    pub par_path: Option<String>,
     /// Per-client settings; `--exempt-client` adds exempt entries.
     pub clients: BTreeMap<String, ClientConfig>,
     /// Accept `plain` challenges.
@@ -218,6 +220,7 @@ impl Config {
             admin_listen: None,
             authorize_path: "/authorize".into(),
             token_path: "/token".into(),
+            par_path: None,
             clients: BTreeMap::new(),
             allow_plain: false,
             mode: Mode::Enforce,
@@ -290,6 +293,9 @@ impl Config {
             .pending_ttl(self.pending_ttl)
             .code_ttl(self.code_ttl)
             .max_body_bytes(self.max_body);
+        if let Some(par) = &self.par_path {
+            layer = layer.par_path(par);
+        }
         layer = match &store {
             super::Store::Memory(memory) => layer.with_store(memory.clone()),
             #[cfg(feature = "redis")]
@@ -312,7 +318,7 @@ impl Config {
         use std::fmt::Write as _;
         let mut out = String::new();
         let d = |d: Duration| humantime::format_duration(d).to_string();
-        let lines: [(&str, String); 24] = [
+        let lines: [(&str, String); 25] = [
             ("upstream", quoted(&self.upstream.to_string())),
             ("listen", quoted(&self.listen.to_string())),
             (
@@ -321,6 +327,10 @@ impl Config {
             ),
             ("authorize_path", quoted(&self.authorize_path)),
             ("token_path", quoted(&self.token_path)),
+            (
+                "par_path",
+                quoted(self.par_path.as_deref().unwrap_or_default()),
+            ),
             ("allow_plain", self.allow_plain.to_string()),
             ("mode", quoted(self.mode.as_str())),
             ("pending_ttl", quoted(&d(self.pending_ttl))),
@@ -471,6 +481,10 @@ struct Args {
     /// The upstream's token endpoint [default: /token].
     #[arg(long, env = "PKCE_PROXY_TOKEN_PATH", value_name = "PATH")]
     token_path: Option<String>,
+    /// The upstream's pushed authorization request endpoint (RFC 9126), if it has one
+    /// [default: none].
+    #[arg(long, env = "PKCE_PROXY_PAR_PATH", value_name = "PATH")]
+    par_path: Option<String>,
     /// A confidential client allowed to skip PKCE (repeatable; comma-separated in the
     /// environment).
     #[arg(
@@ -560,6 +574,7 @@ struct FileConfig {
     admin_listen: Option<String>,
     authorize_path: Option<String>,
     token_path: Option<String>,
+    par_path: Option<String>,
     #[serde(default)]
     exempt_clients: Vec<String>,
     allow_plain: Option<bool>,
@@ -641,6 +656,9 @@ fn merge(args: Args, file: FileConfig) -> Result<Config, ConfigError> {
     }
     if let Some(path) = args.token_path.or(file.token_path) {
         config.token_path = parse_path("token-path", path)?;
+    }
+    if let Some(path) = args.par_path.or(file.par_path).filter(|p| !p.is_empty()) {
+        config.par_path = Some(parse_path("par-path", path)?);
     }
     config.clients = file.clients;
     let exempt = if args.exempt_clients.is_empty() {
