@@ -773,6 +773,135 @@ async fn invalid_authorization_requests_never_reach_the_server() {
     }
 }
 
+/// Pushes an authorization request (RFC 9126) through `app`.
+async fn push(app: &Router, fields: &[(&str, &str)]) -> axum::http::Response<axum::body::Bytes> {
+    let body = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(fields)
+        .finish();
+    app.send(form_post("/par", &body)).await
+}
+
+fn pushed_fields<'a>(challenge: &'a str, state: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("response_type", "code"),
+        ("client_id", CLIENT),
+        ("redirect_uri", REDIRECT),
+        ("scope", "openid"),
+        ("state", state),
+        ("code_challenge", challenge),
+        ("code_challenge_method", "S256"),
+    ]
+}
+
+#[tokio::test]
+async fn pushed_authorization_requests_complete_and_hold_their_challenge() {
+    let (app, legacy) = build(&layer().par_path("/par"));
+    let pkce = Pkce::new();
+    let pushed = push(&app, &pushed_fields(&pkce.challenge, "par state")).await;
+    assert_eq!(pushed.status(), StatusCode::CREATED, "{:?}", pushed.body());
+    let request_uri = json_body(&pushed)["request_uri"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The upstream got a handle in place of the client's state.
+    let upstream_state = legacy.pushed.lock().unwrap()[&request_uri]["state"].clone();
+    assert_ne!(upstream_state, "par state");
+    assert_eq!(upstream_state.len(), 22);
+
+    let by_reference = format!("client_id={CLIENT}&request_uri={}", urlencode(&request_uri));
+    let params = browser_flow(&app, &by_reference).await;
+    assert_eq!(params["state"], "par state", "the client's own state");
+    assert_eq!(params["iss"], ISSUER);
+    let code = params["code"].clone();
+    assert_refused(
+        &redeem(&app, &code, None, CLIENT).await,
+        Reason::VerifierRequired,
+    );
+    assert_refused(
+        &redeem(&app, &code, Some(&Pkce::new().verifier), CLIENT).await,
+        Reason::VerifierMismatch,
+    );
+    assert_redeems(&app, &code, &pkce.verifier).await;
+}
+
+#[tokio::test]
+async fn pushed_requests_are_checked_and_cannot_be_overridden() {
+    let (app, legacy) = build(&layer().par_path("/par"));
+    // No challenge, a plain one, a JAR request, a request_uri inside: refused in JSON, and
+    // never pushed upstream.
+    let pkce = Pkce::new();
+    let mut no_challenge = pushed_fields(&pkce.challenge, "s");
+    no_challenge.retain(|(k, _)| !k.starts_with("code_challenge"));
+    let mut plain = pushed_fields(&pkce.challenge, "s");
+    plain.retain(|(k, _)| *k != "code_challenge_method");
+    let mut jar = pushed_fields(&pkce.challenge, "s");
+    jar.push(("request", "eyJhbGciOiJub25lIn0.e30."));
+    let mut nested = pushed_fields(&pkce.challenge, "s");
+    nested.push(("request_uri", "urn:x"));
+    for (fields, expected) in [
+        (no_challenge, Reason::ChallengeRequired),
+        (plain, Reason::UnsupportedMethod),
+        (jar, Reason::RequestObject),
+        (nested, Reason::RequestObject),
+    ] {
+        let response = push(&app, &fields).await;
+        assert_refused(&response, expected);
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            "application/json"
+        );
+    }
+    assert!(legacy.pushed.lock().unwrap().is_empty());
+
+    let pushed = push(&app, &pushed_fields(&pkce.challenge, "s")).await;
+    let request_uri = json_body(&pushed)["request_uri"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let uri = urlencode(&request_uri);
+    let other = Pkce::new().challenge;
+    for (query, expected) in [
+        // Another client using the pushed request.
+        (
+            format!("client_id={OTHER_CLIENT}&request_uri={uri}"),
+            Reason::PushedRequestMismatch,
+        ),
+        // A challenge in the query that is not the pushed one.
+        (
+            format!("client_id={CLIENT}&request_uri={uri}&code_challenge={other}&code_challenge_method=S256"),
+            Reason::PushedRequestMismatch,
+        ),
+        // A request_uri nobody pushed through the layer.
+        (
+            format!("client_id={CLIENT}&request_uri=urn%3Aietf%3Aparams%3Aoauth%3Arequest_uri%3Anope"),
+            Reason::UnknownRequestUri,
+        ),
+        // A signed request object beside it.
+        (
+            format!("client_id={CLIENT}&request_uri={uri}&request=eyJhbGciOiJub25lIn0.e30."),
+            Reason::RequestObject,
+        ),
+    ] {
+        let response = app.send(get(&format!("/authorize?{query}"))).await;
+        assert_refused(&response, expected);
+    }
+    // The same challenge repeated in the query is no conflict.
+    let same = format!(
+        "client_id={CLIENT}&request_uri={uri}&code_challenge={}&code_challenge_method=S256",
+        pkce.challenge
+    );
+    let response = app.send(get(&format!("/authorize?{same}"))).await;
+    assert_eq!(response.status(), StatusCode::FOUND, "{:?}", response.body());
+    assert!(reason(&response).is_none());
+
+    // Without a PAR endpoint configured, request_uri is refused outright.
+    let (plain_app, _) = build(&layer());
+    let response = plain_app
+        .send(get(&format!("/authorize?client_id={CLIENT}&request_uri={uri}")))
+        .await;
+    assert_refused(&response, Reason::RequestObject);
+}
+
 #[tokio::test]
 async fn authorize_by_post_and_in_both_places() {
     let (app, _) = build(&layer());

@@ -48,6 +48,8 @@ pub struct Legacy {
     pub token_bodies: Arc<Mutex<Vec<Bytes>>>,
     /// Tokens issued, to check none leaks into logs.
     pub issued: Arc<Mutex<Vec<String>>>,
+    /// Pushed authorization requests (RFC 9126) by `request_uri`, as the server received them.
+    pub pushed: Arc<Mutex<HashMap<String, HashMap<String, String>>>>,
 }
 
 fn random() -> String {
@@ -72,6 +74,7 @@ impl Legacy {
             .route("/authorize", routing::get(authorize))
             .route("/login", routing::get(login_page).post(login))
             .route("/token", post(token))
+            .route("/par", post(par))
             .route("/.well-known/openid-configuration", routing::get(discovery))
             // Discovery for an issuer with a path: RFC 8414 §3.1 and OpenID Discovery forms.
             .route(
@@ -135,12 +138,41 @@ impl Legacy {
     }
 }
 
+/// RFC 9126: the request's parameters, kept under a fresh `request_uri`.
+async fn par(
+    State(server): State<Legacy>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response<Body> {
+    if form.get("client_id").and_then(|c| registered(c)).is_none() {
+        return (StatusCode::BAD_REQUEST, "unknown client").into_response();
+    }
+    let request_uri = format!("urn:ietf:params:oauth:request_uri:{}", random());
+    server
+        .pushed
+        .lock()
+        .unwrap()
+        .insert(request_uri.clone(), form);
+    (
+        StatusCode::CREATED,
+        Json(json!({"request_uri": request_uri, "expires_in": 60})),
+    )
+        .into_response()
+}
+
 async fn authorize(
     State(server): State<Legacy>,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response<Body> {
+    // A request by reference takes every parameter from the pushed request.
+    let q = match q.get("request_uri") {
+        Some(uri) => match server.pushed.lock().unwrap().get(uri) {
+            Some(pushed) if pushed.get("client_id") == q.get("client_id") => pushed.clone(),
+            _ => return (StatusCode::BAD_REQUEST, "invalid_request_uri").into_response(),
+        },
+        None => q,
+    };
     let signed_in = headers
         .get(header::COOKIE)
         .is_some_and(|c| c.to_str().unwrap().contains("sid=alice"));
