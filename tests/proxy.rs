@@ -937,3 +937,81 @@ async fn form_post_and_hybrid_clients_complete_flows_and_their_attacks_fail() {
     assert!(location.contains("#error=access_denied"), "{location}");
     assert_eq!(p["state"], "h err");
 }
+
+#[tokio::test]
+async fn a_par_client_completes_flows_and_cannot_override_the_pushed_challenge() {
+    let (legacy, upstream) = legacy().await;
+    let proxy = Proxy::start(upstream, &["--par-path", "/par"]).await;
+    let base = proxy.url("");
+    let push = |challenge: String, with_challenge: bool| {
+        let base = base.clone();
+        async move {
+            let mut form = vec![
+                ("response_type", "code".to_owned()),
+                ("client_id", CLIENT.to_owned()),
+                ("redirect_uri", REDIRECT.to_owned()),
+                ("scope", "openid".to_owned()),
+                ("state", "pushed/state".to_owned()),
+            ];
+            if with_challenge {
+                form.push(("code_challenge", challenge));
+                form.push(("code_challenge_method", "S256".to_owned()));
+            }
+            let response = reqwest::Client::new()
+                .post(format!("{base}/par"))
+                .form(&form)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    // Without a challenge: 400 in JSON, nothing pushed upstream.
+    let (status, body) = push(String::new(), false).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_request"))
+    );
+    assert!(legacy.pushed.lock().unwrap().is_empty());
+
+    let pkce = Pkce::new();
+    let (status, body) = push(pkce.challenge.clone(), true).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let request_uri = body["request_uri"].as_str().unwrap().to_owned();
+    let by_reference = format!(
+        "client_id={CLIENT}&request_uri={}",
+        support::urlencode(&request_uri)
+    );
+    // Overriding the pushed challenge at authorize is refused.
+    let attacker = Pkce::new();
+    let refused = reqwest::Client::builder()
+        .redirect(Policy::none())
+        .build()
+        .unwrap()
+        .get(proxy.url(&format!(
+            "/authorize?{by_reference}&code_challenge={}&code_challenge_method=S256",
+            attacker.challenge
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    assert!(refused.headers().get("location").is_none());
+
+    // The flow by reference completes, with the client's own state.
+    let location = sign_in_flow(&browser(), &base, &by_reference).await;
+    let p = params(&location);
+    assert_eq!(p["state"], "pushed/state");
+    for verifier in [None, Some(attacker.verifier.as_str())] {
+        let (status, body) = redeem(&base, &p["code"], verifier).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("invalid_grant"))
+        );
+    }
+    assert_eq!(
+        redeem(&base, &p["code"], Some(&pkce.verifier)).await.0,
+        StatusCode::OK
+    );
+}
