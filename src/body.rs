@@ -20,7 +20,6 @@ pin_project! {
     enum Kind<B> {
         Stream { #[pin] body: B },
         Full { data: Option<Bytes> },
-        Prefixed { prefix: Option<Bytes>, body: Pin<Box<B>> },
     }
 }
 
@@ -33,16 +32,6 @@ impl<B> PkceBody<B> {
     }
 
     /// A complete body the layer made or rewrote.
-    /// `prefix` (bytes already read from `body`), then the rest of `body`.
-    pub(crate) fn prefixed(prefix: Bytes, body: Pin<Box<B>>) -> Self {
-        Self {
-            kind: Kind::Prefixed {
-                prefix: (!prefix.is_empty()).then_some(prefix),
-                body,
-            },
-        }
-    }
-
     pub(crate) fn full(data: Bytes) -> Self {
         Self {
             kind: Kind::Full {
@@ -66,10 +55,6 @@ where
         match self.project().kind.project() {
             KindProj::Stream { body } => body.poll_frame(cx),
             KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            KindProj::Prefixed { prefix, body } => match prefix.take() {
-                Some(d) => Poll::Ready(Some(Ok(Frame::data(d)))),
-                None => body.as_mut().poll_frame(cx),
-            },
         }
     }
 
@@ -77,7 +62,6 @@ where
         match &self.kind {
             Kind::Stream { body } => body.is_end_stream(),
             Kind::Full { data } => data.is_none(),
-            Kind::Prefixed { prefix, body } => prefix.is_none() && body.is_end_stream(),
         }
     }
 
@@ -87,16 +71,6 @@ where
             Kind::Full { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
-            Kind::Prefixed { prefix, body } => {
-                let extra = prefix.as_ref().map_or(0, |d| d.len() as u64);
-                let inner = body.size_hint();
-                let mut hint = SizeHint::new();
-                hint.set_lower(inner.lower().saturating_add(extra));
-                if let Some(upper) = inner.upper() {
-                    hint.set_upper(upper.saturating_add(extra));
-                }
-                hint
-            }
         }
     }
 }
@@ -105,7 +79,6 @@ impl<B> fmt::Debug for PkceBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
             Kind::Stream { .. } => f.write_str("PkceBody::Stream"),
-            Kind::Prefixed { .. } => f.write_str("PkceBody::Prefixed"),
             Kind::Full { data } => {
                 write!(
                     f,

@@ -415,10 +415,6 @@ async fn decide_authorize(
     if too_long {
         return Err(Reason::ParameterTooLong);
     }
-    if params.response_mode.as_deref() == Some("form_post") {
-        // The code comes back in an HTML page: read pages while this flow may be pending.
-        shared.form_post.open(config.pending_ttl);
-    }
     let exempt = config.is_exempt(client_id);
     if !pushed && config.par_path.is_some() && !params.request {
         if let Some(uri) = params.request_uri.as_deref() {
@@ -448,6 +444,9 @@ async fn decide_authorize(
                 return Err(Reason::HandleMismatch);
             }
             reentry_matches(&flow, params, config.allow_plain)?;
+            if params.response_mode.as_deref() == Some("form_post") {
+                shared.form_post.open(config.pending_ttl);
+            }
             allow(shared, EP, client, Pass::Reentry, None);
             return Ok(AuthorizeDecision::Unchanged);
         }
@@ -475,6 +474,10 @@ async fn decide_authorize(
         Ok(false) => return Err(Reason::StoreUnavailable),
         Err(e) => return Err(store_reason(&e)),
     }
+    if params.response_mode.as_deref() == Some("form_post") {
+        // The code comes back in an HTML page: read pages while this flow may be pending.
+        shared.form_post.open(config.pending_ttl);
+    }
     allow(shared, EP, client, pass, None);
     Ok(AuthorizeDecision::Wrapped(handle))
 }
@@ -493,15 +496,44 @@ async fn decide_by_request_uri(
     client_id: &str,
     request_uri: &str,
 ) -> Result<AuthorizeDecision, Reason> {
-    let pushed = shared
+    let record = shared
         .store
         .flow(pushed_key(request_uri))
         .await
-        .map_err(|e| store_reason(&e))?
-        .ok_or(Reason::UnknownRequestUri)?;
+        .map_err(|e| store_reason(&e))?;
+    let Some(pushed) = record else {
+        if shared.config.is_exempt(client_id) {
+            // An exempt client's request object (pushed as JAR, or hosted by the client).
+            allow(
+                shared,
+                "authorize",
+                Some(client_id),
+                Pass::ExemptRequestObject,
+                None,
+            );
+            return Ok(AuthorizeDecision::Unchanged);
+        }
+        return Err(Reason::UnknownRequestUri);
+    };
     if pushed.client_id() != client_id {
         return Err(Reason::PushedRequestMismatch);
     }
+    // The record's `state` is the handle of the pushed flow: once that flow has delivered its
+    // code (or expired), the request_uri is spent.
+    let live = match pushed.state() {
+        Some(handle) => shared
+            .store
+            .flow(StoreKey::for_handle(handle))
+            .await
+            .map_err(|e| store_reason(&e))?
+            .is_some(),
+        None => false,
+    };
+    if !live {
+        return Err(Reason::UnknownRequestUri);
+    }
+    // The pushed request may have asked for form_post, and this replica may not have seen it.
+    shared.form_post.open(shared.config.pending_ttl);
     if params.challenge.is_some() || params.method.is_some() {
         let challenge = authorize::check_pkce(params, shared.config.allow_plain, false)?;
         if challenge.as_ref() != pushed.challenge() {
@@ -531,6 +563,8 @@ where
 {
     const EP: &str = "par";
     let (mut parts, body) = req.into_parts();
+    // The answer's request_uri is read: ask for it uncompressed.
+    parts.headers.remove(header::ACCEPT_ENCODING);
     if parts.method != Method::POST {
         // RFC 9126 §2: POST only. The upstream says so itself.
         let req = Request::from_parts(parts, PkceBody::new(body));
@@ -552,8 +586,14 @@ where
             return Ok(respond(error::json(reason)));
         }
     };
+    // RFC 9126 §2.1: the parameters are in the body; a query copy could be read instead.
     let query = parts.uri.query().unwrap_or_default().as_bytes();
-    let checked = authorize::parse(query, Some(&body)).and_then(|params| {
+    let checked = if query.is_empty() {
+        authorize::parse(b"", Some(&body))
+    } else {
+        Err(Reason::ParametersInQuery)
+    };
+    let checked = checked.and_then(|params| {
         if params.request_uri.is_some() {
             // RFC 9126 §2.1: a pushed request cannot itself refer to one.
             Err(Reason::RequestObject)
@@ -633,7 +673,18 @@ where
             match shared.store.flow(handle_key).await {
                 Ok(Some(flow)) => shared
                     .store
-                    .create_flow(pushed_key(&uri), flow, ttl)
+                    .create_flow(
+                        pushed_key(&uri),
+                        // What the authorize request is checked against, and the handle of
+                        // the pushed flow in place of a state.
+                        PendingFlow::new(
+                            flow.challenge().cloned(),
+                            flow.client_id(),
+                            flow.redirect_uri(),
+                            Some(&handle),
+                        ),
+                        ttl,
+                    )
                     .await
                     .map_err(|e| store_reason(&e))
                     .and_then(|created| created.then_some(()).ok_or(Reason::StoreUnavailable)),
@@ -713,7 +764,7 @@ where
     let decision = match authorize::parse(query, buffered.as_deref()) {
         Err(reason) => Err((reason, None)),
         // A request by reference carries its response_type in the pushed request.
-        Ok(params) if !params.wants_code && params.request_uri.is_none() => {
+        Ok(params) if !params.wants_code && !params.request_object => {
             Ok((AuthorizeDecision::Unchanged, params))
         }
         Ok(params) => match decide_authorize(&shared, &params, false).await {
@@ -766,6 +817,10 @@ where
     }
     if let Some(bytes) = &buffered {
         set_length(&mut parts.headers, bytes.len());
+    }
+    if params.response_mode.as_deref() == Some("form_post") || params.request_uri.is_some() {
+        // The answer may be a form_post page, which the layer reads: ask for it uncompressed.
+        parts.headers.remove(header::ACCEPT_ENCODING);
     }
     let req = Request::from_parts(parts, forward_body(buffered, body));
     let response = inner.call(req).await?;
@@ -1124,44 +1179,37 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
+    // Only a page whose length is known up front and small: a form_post response is one,
+    // and a streamed or long page (or a compressed one) is never held back.
     let encoded = response
         .headers()
         .get(header::CONTENT_ENCODING)
         .is_some_and(|e| !e.as_bytes().eq_ignore_ascii_case(b"identity"));
-    let too_big =
-        content_length(response.headers()).is_some_and(|n| n > form_post::MAX_PAGE_BYTES as u64);
-    if encoded || too_big {
+    let length = content_length(response.headers()).or_else(|| response.body().size_hint().exact());
+    if encoded || length.is_none_or(|n| n > form_post::MAX_PAGE_BYTES as u64) {
         return response.map(PkceBody::new);
     }
     let (mut parts, body) = response.into_parts();
-    let mut body = Box::pin(body);
-    let mut page = bytes::BytesMut::new();
-    loop {
-        match body.frame().await {
-            None => break,
-            Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) => {
-                    page.extend_from_slice(&data);
-                    if page.len() > form_post::MAX_PAGE_BYTES {
-                        // Too long to be an authorization response: the rest streams on.
-                        return Response::from_parts(
-                            parts,
-                            PkceBody::prefixed(page.freeze(), body),
-                        );
-                    }
-                }
-                // Trailers on an HTML page: not a form_post response; end the body here.
-                Err(_) => break,
-            },
-            Some(Err(_)) => {
-                tracing::warn!(target: "tower_pkce", "an HTML page from the upstream could not be read");
-                let mut response = error::html(Reason::StoreUnavailable);
-                *response.status_mut() = http::StatusCode::BAD_GATEWAY;
-                return respond(response);
-            }
+    let page = match Limited::new(body, form_post::MAX_PAGE_BYTES)
+        .collect()
+        .await
+    {
+        // A page with trailers is not a form_post response; they are dropped with the frame
+        // reading, as for discovery documents.
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => {
+            tracing::warn!(target: "tower_pkce", "an HTML page from the upstream could not be read");
+            let mut response = Response::new(Bytes::from_static(
+                b"<!DOCTYPE html><title>Bad gateway</title><p>The page could not be read.</p>",
+            ));
+            *response.status_mut() = http::StatusCode::BAD_GATEWAY;
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            return respond(response);
         }
-    }
-    let page = page.freeze();
+    };
     let Some(capture) = std::str::from_utf8(&page).ok().and_then(form_post::capture) else {
         return Response::from_parts(parts, PkceBody::full(page));
     };
@@ -1294,6 +1342,14 @@ where
             return respond(response);
         }
     };
+    let config = &shared.config;
+    if !metadata::endpoints_are(&bytes, &config.authorize_path, &config.token_path) {
+        // A document for endpoints the layer does not guard (another tenant's, say) must not
+        // claim PKCE: clients may then rely on it in place of state.
+        tracing::warn!(target: "tower_pkce", "discovery document for other endpoints passed unchanged");
+        set_length(&mut parts.headers, bytes.len());
+        return Response::from_parts(parts, PkceBody::full(bytes));
+    }
     let Some(rewritten) = metadata::rewrite(&bytes, shared.config.methods()) else {
         tracing::warn!(target: "tower_pkce", "discovery document is not a JSON object; passed unchanged");
         set_length(&mut parts.headers, bytes.len());

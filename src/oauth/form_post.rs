@@ -189,11 +189,19 @@ pub(crate) fn capture(html: &str) -> Option<Capture> {
     if !is_handle(handle.as_bytes()) {
         return None;
     }
+    let code = codes
+        .first()
+        .and_then(|t| t.attribute("value"))
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned);
+    if code.is_none() && errors.is_empty() {
+        // An empty `code` input (a template that renders every field, a one-time-password
+        // page) is no authorization response.
+        return None;
+    }
     Some(Capture {
         handle: handle.to_owned(),
-        code: codes
-            .first()
-            .map(|t| t.attribute("value").unwrap_or_default().to_owned()),
+        code,
         error: !errors.is_empty(),
         action,
         state_tag: state.span.clone(),
@@ -291,6 +299,19 @@ mod tests {
         assert_eq!(removed.len(), html.len() - capture.state_tag.len());
         let empty = restore_state(&html, &capture, Some(""));
         assert!(empty.contains(r#"name="state" value="""#));
+    }
+
+    #[test]
+    fn an_empty_code_is_no_code() {
+        let otp = page(&format!(
+            r#"<input name="code" value=""><input type="hidden" name="state" value="{H}">"#
+        ));
+        assert!(capture(&otp).is_none());
+        let error = page(&format!(
+            r#"<input name="code" value=""><input name="error" value="access_denied"><input name="state" value="{H}">"#
+        ));
+        let found = capture(&error).unwrap();
+        assert!(found.error && found.code.is_none());
     }
 
     #[test]

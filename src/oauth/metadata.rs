@@ -28,6 +28,33 @@ pub(crate) fn is_document(normalized: &str) -> bool {
     false
 }
 
+/// Whether the document's `authorization_endpoint` and `token_endpoint`, where present, have
+/// the paths the layer guards (both already normalized). A document that is not a JSON object
+/// passes this check; [`rewrite`] leaves it alone anyway.
+pub(crate) fn endpoints_are(body: &[u8], authorize_path: &str, token_path: &str) -> bool {
+    let Ok(text) = std::str::from_utf8(body) else {
+        return true;
+    };
+    let Ok(members) = json::members::<&RawValue>(text) else {
+        return true;
+    };
+    members.iter().all(|(name, raw)| {
+        let expected = match name.as_ref() {
+            "authorization_endpoint" => authorize_path,
+            "token_endpoint" => token_path,
+            _ => return true,
+        };
+        let Ok(url) = serde_json::from_str::<String>(raw.get()) else {
+            return false;
+        };
+        let after_scheme = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest);
+        let path_at = after_scheme.find('/').unwrap_or(after_scheme.len());
+        let path = after_scheme.get(path_at..).unwrap_or_default();
+        let path = path.split(['?', '#']).next().unwrap_or_default();
+        super::path::normalize(path) == expected
+    })
+}
+
 /// `body` with `code_challenge_methods_supported` set to exactly `methods`: every existing
 /// occurrence replaced, or the member inserted first in the object. `None` if the body is not
 /// a JSON object (the document then passes unchanged).
@@ -75,6 +102,50 @@ mod tests {
 
     fn rewrite_str(body: &str, methods: &[&str]) -> Option<String> {
         rewrite(body.as_bytes(), methods).map(|b| String::from_utf8(b).unwrap())
+    }
+
+    #[test]
+    fn only_documents_for_the_guarded_endpoints_count() {
+        let doc = |a: &str, t: &str| {
+            format!(
+                r#"{{"issuer":"https://as.example/t1","authorization_endpoint":"{a}","token_endpoint":"{t}"}}"#
+            )
+        };
+        for (a, t, ok) in [
+            (
+                "https://as.example/authorize",
+                "https://as.example/token",
+                true,
+            ),
+            (
+                "https://as.example/Authorize/",
+                "https://as.example/token?x=1",
+                true,
+            ),
+            (
+                "https://as.example/t1/authorize",
+                "https://as.example/token",
+                false,
+            ),
+            (
+                "https://as.example/authorize",
+                "https://as.example/t1/token",
+                false,
+            ),
+            ("/authorize", "/token", true),
+        ] {
+            assert_eq!(
+                endpoints_are(doc(a, t).as_bytes(), "/authorize", "/token"),
+                ok,
+                "{a} {t}"
+            );
+        }
+        assert!(endpoints_are(br#"{"issuer":"x"}"#, "/authorize", "/token"));
+        assert!(!endpoints_are(
+            br#"{"authorization_endpoint":5}"#,
+            "/authorize",
+            "/token"
+        ));
     }
 
     #[test]

@@ -903,6 +903,106 @@ async fn pushed_requests_are_checked_and_cannot_be_overridden() {
 }
 
 #[tokio::test]
+async fn pushed_requests_keep_to_their_own_flow() {
+    let store_layer = layer().par_path("/par");
+    let (app, _) = build(&store_layer);
+    let pkce = Pkce::new();
+    // A live handle pushed as a client's state is not a re-entry: refused.
+    let query = authorize_query(CLIENT, REDIRECT, Some("s"), Some(&pkce.challenge));
+    let first = app.send(get(&format!("/authorize?{query}"))).await;
+    let next = query_of(&location(&first)).remove("next").unwrap();
+    let handle = query_of(&next).remove("state").unwrap();
+    assert_refused(
+        &push(&app, &pushed_fields(&pkce.challenge, &handle)).await,
+        Reason::HandleMismatch,
+    );
+    // Parameters in the query string of a pushed request are refused.
+    let response = app
+        .send(form_post(
+            "/par?state=x",
+            &form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(pushed_fields(&pkce.challenge, "s"))
+                .finish(),
+        ))
+        .await;
+    assert_refused(&response, Reason::ParametersInQuery);
+    // Once the pushed flow delivered its code, its request_uri is spent.
+    let pushed = push(&app, &pushed_fields(&pkce.challenge, "s")).await;
+    let uri = urlencode(json_body(&pushed)["request_uri"].as_str().unwrap());
+    let by_reference = format!("client_id={CLIENT}&request_uri={uri}");
+    let params = browser_flow(&app, &by_reference).await;
+    assert!(params.contains_key("code"));
+    let again = app.send(get(&format!("/authorize?{by_reference}"))).await;
+    assert_refused(&again, Reason::UnknownRequestUri);
+}
+
+#[tokio::test]
+async fn a_pushed_form_post_flow_is_read_by_another_replica() {
+    // Two layers (two replicas) on one store: the push goes to one, the browser to the other.
+    let shared_store = layer().par_path("/par");
+    let a = shared_store.clone().exempt_client("unrelated");
+    let (app_a, legacy) = build(&a);
+    let b = shared_store.exempt_client("also-unrelated");
+    let app_b = legacy.router().layer(b);
+    let pkce = Pkce::new();
+    let mut fields = pushed_fields(&pkce.challenge, "fp state");
+    fields.push(("response_mode", "form_post"));
+    let pushed = push(&app_a, &fields).await;
+    assert_eq!(pushed.status(), StatusCode::CREATED);
+    let uri = urlencode(json_body(&pushed)["request_uri"].as_str().unwrap());
+    let page = form_post_flow(&app_b, &format!("client_id={CLIENT}&request_uri={uri}")).await;
+    let inputs = form_inputs(page.body());
+    assert_eq!(input(&inputs, "state"), Some("fp state"));
+    let code = input(&inputs, "code").unwrap().to_owned();
+    assert_refused(
+        &redeem(&app_a, &code, None, CLIENT).await,
+        Reason::VerifierRequired,
+    );
+    assert_redeems(&app_a, &code, &pkce.verifier).await;
+}
+
+#[tokio::test]
+async fn a_form_post_page_to_another_uri_does_not_capture_the_flow() {
+    let (app, _) = build(&layer());
+    let pkce = Pkce::new();
+    let query = format!(
+        "{}&response_mode=form_post",
+        authorize_query(CLIENT, REDIRECT, Some("mine"), Some(&pkce.challenge))
+    );
+    let first = app.send(get(&format!("/authorize?{query}"))).await;
+    let next = query_of(&location(&first)).remove("next").unwrap();
+    let handle = query_of(&next).remove("state").unwrap();
+    // A page posting the live handle and a code of someone's choosing elsewhere: untouched.
+    let echo = format!(
+        "/echo-form?action={}&state={handle}&code=chosen-code",
+        urlencode("https://evil.example/collect")
+    );
+    let page = app.send(get(&echo)).await;
+    assert_eq!(input(&form_inputs(page.body()), "state"), Some(handle.as_str()));
+    assert_eq!(page.headers()[header::CACHE_CONTROL], "no-cache", "as the upstream sent it");
+    assert_refused(
+        &redeem(&app, "chosen-code", Some(&pkce.verifier), CLIENT).await,
+        Reason::UnknownCode,
+    );
+    // The real flow still completes.
+    let back = sign_in(&app, &next).await;
+    let page = reenter(&app, &back).await;
+    let inputs = form_inputs(page.body());
+    assert_eq!(input(&inputs, "state"), Some("mine"));
+    assert_redeems(&app, input(&inputs, "code").unwrap(), &pkce.verifier).await;
+}
+
+#[tokio::test]
+async fn discovery_for_endpoints_the_layer_does_not_guard_is_left_alone() {
+    let (app, _) = build(&layer());
+    let response = app.send(get("/t2/.well-known/openid-configuration")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let doc = json_body(&response);
+    assert!(doc.get("code_challenge_methods_supported").is_none(), "{doc}");
+    assert_eq!(doc["issuer"], "https://as.example/t2");
+}
+
+#[tokio::test]
 async fn authorize_by_post_and_in_both_places() {
     let (app, _) = build(&layer());
     let pkce = Pkce::new();

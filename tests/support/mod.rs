@@ -75,6 +75,31 @@ impl Legacy {
             .route("/login", routing::get(login_page).post(login))
             .route("/token", post(token))
             .route("/par", post(par))
+            // A page that posts whatever it is given wherever it is told (as a legacy app's
+            // generic "continue" page might): a form_post look-alike to another URI.
+            .route(
+                "/echo-form",
+                routing::get(|Query(q): Query<HashMap<String, String>>| async move {
+                    let action = q.get("action").cloned().unwrap_or_default();
+                    let mut params = form_urlencoded::Serializer::new(String::new());
+                    for name in ["code", "state"] {
+                        if let Some(v) = q.get(name) {
+                            params.append_pair(name, v);
+                        }
+                    }
+                    form_post_page(&action, &params.finish())
+                }),
+            )
+            // Another tenant's discovery document, for endpoints the layer does not guard.
+            .route(
+                "/t2/.well-known/openid-configuration",
+                routing::get(|| async {
+                    (
+                        [(header::CONTENT_TYPE, "application/json")],
+                        r#"{"issuer":"https://as.example/t2","authorization_endpoint":"https://as.example/t2/authorize","token_endpoint":"https://as.example/t2/token"}"#,
+                    )
+                }),
+            )
             .route("/.well-known/openid-configuration", routing::get(discovery))
             // Discovery for an issuer with a path: RFC 8414 §3.1 and OpenID Discovery forms.
             .route(
