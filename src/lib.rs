@@ -98,6 +98,19 @@
 //! [`PkceLayer::metrics`]. Refusals carry their [`Reason`] in the response extensions.
 
 #![forbid(unsafe_code)]
+// No panic reachable from input: outside tests, no unwrap, expect, indexing or explicit panic.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic,
+        clippy::todo,
+        clippy::unimplemented,
+        clippy::unreachable
+    )
+)]
 #![cfg_attr(
     test,
     allow(clippy::unwrap_used, clippy::expect_used, clippy::type_complexity)

@@ -295,14 +295,17 @@ impl RedisStore {
     }
 
     fn key(&self, kind: u8, key: StoreKey) -> Vec<u8> {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let hex = |nibble: u8| match nibble {
+            0..=9 => b'0' + nibble,
+            _ => b'a' + (nibble - 10),
+        };
         let mut out = Vec::with_capacity(self.prefix.len() + 2 + 64);
         out.extend_from_slice(self.prefix.as_bytes());
         out.push(kind);
         out.push(b':');
         for byte in key.as_bytes() {
-            out.push(HEX[usize::from(byte >> 4)]);
-            out.push(HEX[usize::from(byte & 0x0f)]);
+            out.push(hex(byte >> 4));
+            out.push(hex(byte & 0x0f));
         }
         out
     }
