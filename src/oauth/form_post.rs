@@ -238,6 +238,33 @@ mod tests {
         )
     }
 
+    proptest::proptest! {
+        /// Any client state comes back exactly as the browser will read it, HTML-escaped.
+        #[test]
+        fn any_state_round_trips_through_the_page(state in "[ -~]{0,64}|\\PC{0,16}") {
+            let html = page(&format!(
+                r#"<input type="hidden" name="code" value="c1"/><input type="hidden" name="state" value="{H}"/>"#
+            ));
+            let found = capture(&html).expect("a form_post response");
+            let restored = restore_state(&html, &found, Some(&state));
+            let tags = tags(&restored);
+            let states: Vec<&str> = tags
+                .iter()
+                .filter(|t| t.attribute("name") == Some("state"))
+                .filter_map(|t| t.attribute("value"))
+                .collect();
+            proptest::prop_assert_eq!(states, vec![state.as_str()]);
+            let codes = tags.iter().filter(|t| t.attribute("name") == Some("code")).count();
+            proptest::prop_assert_eq!(codes, 1);
+        }
+
+        /// Arbitrary text never panics the reader.
+        #[test]
+        fn arbitrary_pages_never_panic(html in "\\PC{0,300}|[<>=\"' a-z/!-]{0,300}") {
+            let _ = capture(&html);
+        }
+    }
+
     #[test]
     fn a_handle_is_long_enough_for_these_tests() {
         assert!(

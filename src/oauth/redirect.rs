@@ -172,6 +172,49 @@ mod tests {
 
     const H: &str = "AAAAAAAAAAAAAAAAAAAAAA";
 
+    proptest::proptest! {
+        /// Any client state (visible ASCII, and beyond) comes back exactly, in a query or a
+        /// fragment, whatever stands around it; everything else is kept byte for byte.
+        #[test]
+        fn any_state_round_trips(
+            state in "[ -~]{0,64}|\\PC{0,16}",
+            before in proptest::option::of("[a-z]{1,8}=[A-Za-z0-9._~-]{0,8}"),
+            after in proptest::option::of("[a-z]{1,8}=[A-Za-z0-9._~-]{0,8}"),
+            fragment in proptest::bool::ANY,
+        ) {
+            let sep = if fragment { '#' } else { '?' };
+            let mut pairs: Vec<String> = Vec::new();
+            pairs.extend(before.clone().filter(|p| !p.starts_with("state=") && !p.starts_with("code=")));
+            pairs.push("code=c0de".into());
+            pairs.push(format!("state={H}"));
+            pairs.extend(after.clone().filter(|p| !p.starts_with("state=") && !p.starts_with("code=")));
+            let location = format!("https://app.example/cb{sep}{}", pairs.join("&"));
+            let capture = capture(&location).expect("an authorization response");
+            let restored = restore_state(&location, &capture, Some(&state));
+            let component = restored.split_once(sep).map(|(_, c)| c).unwrap_or_default();
+            let states: Vec<String> = form_urlencoded::parse(component.as_bytes())
+                .filter(|(k, _)| k == "state")
+                .map(|(_, v)| v.into_owned())
+                .collect();
+            proptest::prop_assert_eq!(states, vec![state.clone()]);
+            let others: Vec<(String, String)> = form_urlencoded::parse(component.as_bytes())
+                .filter(|(k, _)| k != "state")
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+            let expected: Vec<(String, String)> = form_urlencoded::parse(pairs.join("&").as_bytes())
+                .filter(|(k, _)| k != "state")
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+            proptest::prop_assert_eq!(others, expected);
+            // And a restored location is read the same way again: no handle in it any more.
+            proptest::prop_assert!(capture_again_is_not_ours(&restored, &state));
+        }
+    }
+
+    fn capture_again_is_not_ours(restored: &str, state: &str) -> bool {
+        capture(restored).is_none_or(|c| c.handle == state)
+    }
+
     #[test]
     fn handle_shape() {
         assert!(is_handle(H.as_bytes()));
