@@ -105,7 +105,9 @@ impl FormPostWindow {
     }
 
     pub(crate) fn is_open(&self) -> bool {
-        self.now() < self.until.load(std::sync::atomic::Ordering::Relaxed)
+        // Never opened (no form_post flow yet): no clock read on the pass-through path.
+        let until = self.until.load(std::sync::atomic::Ordering::Relaxed);
+        until != 0 && self.now() < until
     }
 }
 

@@ -482,6 +482,27 @@ async fn decide_authorize(
     Ok(AuthorizeDecision::Wrapped(handle))
 }
 
+/// The decision on a parsed authorization (or pushed) request; a refusal keeps the parameters
+/// it could read, for the error response.
+async fn decide_parsed(
+    shared: &Shared,
+    parsed: Result<AuthorizeParams, Reason>,
+    pushed: bool,
+) -> Result<(AuthorizeDecision, AuthorizeParams), (Reason, Option<AuthorizeParams>)> {
+    match parsed {
+        Err(reason) => Err((reason, None)),
+        // Not a code flow, unless a request object or a request by reference may make it one
+        // (its response_type is inside).
+        Ok(params) if !params.wants_code && !params.request_object => {
+            Ok((AuthorizeDecision::Unchanged, params))
+        }
+        Ok(params) => match decide_authorize(shared, &params, pushed).await {
+            Ok(decision) => Ok((decision, params)),
+            Err(reason) => Err((reason, Some(params))),
+        },
+    }
+}
+
 /// The store key of a pushed request's record, beside the pending flows' handles.
 fn pushed_key(request_uri: &str) -> StoreKey {
     StoreKey::for_handle(&format!("par:{request_uri}"))
@@ -601,15 +622,7 @@ where
             Ok(params)
         }
     });
-    let decision = match checked {
-        Err(reason) => Err((reason, None)),
-        Ok(params) if !params.wants_code => Ok((AuthorizeDecision::Unchanged, params)),
-        Ok(params) => match decide_authorize(&shared, &params, true).await {
-            Ok(decision) => Ok((decision, params)),
-            Err(reason) => Err((reason, Some(params))),
-        },
-    };
-    let (decision, params) = match decision {
+    let (decision, params) = match decide_parsed(&shared, checked, true).await {
         Ok(ok) => ok,
         Err((reason, params)) => {
             let client = params.as_ref().and_then(|p| p.client_id.as_deref());
@@ -761,18 +774,8 @@ where
     };
 
     let query = parts.uri.query().unwrap_or_default().as_bytes();
-    let decision = match authorize::parse(query, buffered.as_deref()) {
-        Err(reason) => Err((reason, None)),
-        // A request by reference carries its response_type in the pushed request.
-        Ok(params) if !params.wants_code && !params.request_object => {
-            Ok((AuthorizeDecision::Unchanged, params))
-        }
-        Ok(params) => match decide_authorize(&shared, &params, false).await {
-            Ok(decision) => Ok((decision, params)),
-            Err(reason) => Err((reason, Some(params))),
-        },
-    };
-    let (decision, params) = match decision {
+    let parsed = authorize::parse(query, buffered.as_deref());
+    let (decision, params) = match decide_parsed(&shared, parsed, false).await {
         Ok(ok) => ok,
         Err((reason, params)) => {
             let client = params.as_ref().and_then(|p| p.client_id.as_deref());

@@ -838,7 +838,10 @@ async fn pushed_requests_are_checked_and_cannot_be_overridden() {
     jar.push(("request", "eyJhbGciOiJub25lIn0.e30."));
     let mut nested = pushed_fields(&pkce.challenge, "s");
     nested.push(("request_uri", "urn:x"));
+    // A request object alone: its response_type is inside, where the layer cannot read it.
+    let jar_only = vec![("client_id", CLIENT), ("request", "eyJhbGciOiJub25lIn0.e30.")];
     for (fields, expected) in [
+        (jar_only, Reason::RequestObject),
         (no_challenge, Reason::ChallengeRequired),
         (plain, Reason::UnsupportedMethod),
         (jar, Reason::RequestObject),
