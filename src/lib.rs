@@ -119,6 +119,9 @@
 
 mod body;
 pub mod future;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod layer;
 mod metrics;
 mod oauth;

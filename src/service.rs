@@ -19,7 +19,7 @@ use crate::metrics::{Outcome, Pass};
 use crate::oauth::authorize::{self, AuthorizeParams, Part};
 use crate::oauth::error::{self, Reason};
 use crate::oauth::token::{self, BodyFormat};
-use crate::oauth::{form_post, metadata, params, path, redirect};
+use crate::oauth::{form_post, metadata, path, redirect};
 use crate::pkce::CodeVerifier;
 use crate::store::{CodeBinding, CodeState, PendingFlow, StoreError, StoreKey};
 use crate::BoxError;
@@ -637,12 +637,11 @@ where
         let req = Request::from_parts(parts, PkceBody::full(body));
         return Ok(finish_response(&shared, inner.call(req).await?, false).await);
     };
-    let pair = format!("state={handle}");
-    let pushed_body = match params.state_at.clone() {
-        Some((Part::Body, span)) => params::splice(&body, span, pair.as_bytes()),
-        _ if body.is_empty() => pair.into_bytes(),
-        _ => [&body[..], b"&", pair.as_bytes()].concat(),
+    let span = match params.state_at.clone() {
+        Some((Part::Body, span)) => Some(span),
+        _ => None,
     };
+    let pushed_body = authorize::put_state(&body, span, &handle);
     set_length(&mut parts.headers, pushed_body.len());
     let req = Request::from_parts(parts, PkceBody::full(Bytes::from(pushed_body)));
     let response = inner.call(req).await;
@@ -789,19 +788,15 @@ where
 
     let mut buffered = buffered;
     if let AuthorizeDecision::Wrapped(handle) = decision {
-        let pair = format!("state={handle}");
         match params.state_at.clone() {
             Some((Part::Body, span)) => {
                 if let Some(bytes) = buffered.as_ref() {
-                    buffered = Some(Bytes::from(params::splice(bytes, span, pair.as_bytes())));
+                    let body = authorize::put_state(bytes, Some(span), &handle);
+                    buffered = Some(Bytes::from(body));
                 }
             }
             at => {
-                let new_query = match at {
-                    Some((_, span)) => params::splice(query, span, pair.as_bytes()),
-                    None if query.is_empty() => pair.into_bytes(),
-                    None => [query, b"&", pair.as_bytes()].concat(),
-                };
+                let new_query = authorize::put_state(query, at.map(|(_, span)| span), &handle);
                 match with_query(&parts.uri, &new_query) {
                     Some(uri) => parts.uri = uri,
                     None => {

@@ -98,6 +98,20 @@ pub(crate) fn parse(query: &[u8], body: Option<&[u8]>) -> Result<AuthorizeParams
     })
 }
 
+/// `input` (a query or form body) with the `state` pair at `span` replaced by the layer's
+/// handle, or the pair appended when the request has no `state` there. Everything else is kept
+/// byte for byte, so the upstream reads the same request with only `state` changed.
+pub(crate) fn put_state(input: &[u8], span: Option<Range<usize>>, handle: &str) -> Vec<u8> {
+    let mut pair = Vec::with_capacity(6 + handle.len());
+    pair.extend_from_slice(b"state=");
+    pair.extend_from_slice(handle.as_bytes());
+    match span {
+        Some(span) => params::splice(input, span, &pair),
+        None if input.is_empty() => pair,
+        None => [input, b"&", &pair].concat(),
+    }
+}
+
 /// Applies the PKCE policy: `Ok(Some(challenge))` for a valid challenge, `Ok(None)` for an
 /// exempt client without one.
 ///

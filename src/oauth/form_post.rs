@@ -223,6 +223,16 @@ pub(crate) fn restore_state(html: &str, capture: &Capture, state: Option<&str>) 
     out
 }
 
+/// The values of every `<input>` named `name`, as this reader reads them (for fuzzing).
+#[cfg(feature = "fuzzing")]
+pub(crate) fn input_values(html: &str, name: &str) -> Vec<String> {
+    tags(html)
+        .iter()
+        .filter(|t| t.name.eq_ignore_ascii_case("input") && t.attribute("name") == Some(name))
+        .map(|t| t.attribute("value").unwrap_or_default().to_owned())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
