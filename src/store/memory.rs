@@ -1,6 +1,6 @@
 use std::future::{ready, Future};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, TryLockError};
 use std::time::{Duration, Instant};
 
 use dashmap::mapref::entry::Entry;
@@ -48,6 +48,9 @@ struct Inner {
     epoch: Instant,
     /// Milliseconds after `epoch` of the last sweep.
     last_sweep: AtomicU64,
+    /// Held while sweeping on demand, so one sweep runs at a time and a caller that finds
+    /// the store full can wait for the sweep already under way instead of failing.
+    sweeping: Mutex<()>,
 }
 
 #[derive(Debug)]
@@ -92,6 +95,7 @@ impl MemoryStore {
                 sweep_interval_ms: AtomicU64::new(DEFAULT_SWEEP_INTERVAL.as_millis() as u64),
                 epoch: Instant::now(),
                 last_sweep: AtomicU64::new(0),
+                sweeping: Mutex::new(()),
             }),
         }
     }
@@ -148,30 +152,41 @@ impl Inner {
         removed
     }
 
-    /// Sweeps if the last sweep is older than `interval`; only one caller wins the race.
-    fn sweep_if_due(&self, now: Instant, interval_ms: u64) {
-        let last = self.last_sweep.load(Ordering::Relaxed);
+    /// Sweeps if the last sweep is older than `interval`. With `wait`, a sweep already under
+    /// way is waited for (its result is what the caller needs); without, it is left alone.
+    fn sweep_if_due(&self, now: Instant, interval_ms: u64, wait: bool) {
         let now_ms = self.millis(now);
-        if now_ms.saturating_sub(last) >= interval_ms
-            && self
-                .last_sweep
-                .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
+        // A sweep marks its start, so a caller that waits must not skip the lock on that
+        // mark: the sweep it would skip is the one still under way.
+        if !wait && now_ms.saturating_sub(self.last_sweep.load(Ordering::Relaxed)) < interval_ms {
+            return;
+        }
+        let _guard = if wait {
+            self.sweeping.lock().unwrap_or_else(PoisonError::into_inner)
+        } else {
+            match self.sweeping.try_lock() {
+                Ok(guard) => guard,
+                Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+                Err(TryLockError::WouldBlock) => return,
+            }
+        };
+        // Whoever held the lock before may have just swept.
+        if now_ms.saturating_sub(self.last_sweep.load(Ordering::Relaxed)) >= interval_ms {
             self.sweep(now);
         }
     }
 
-    /// Takes one slot of the capacity, sweeping once if the store looks full.
+    /// Takes one slot of the capacity, sweeping once if the store looks full (or waiting for
+    /// the sweep another caller is running, which may free the slot this one needs).
     fn reserve(&self, now: Instant) -> Result<(), StoreError> {
-        self.sweep_if_due(now, self.sweep_interval_ms.load(Ordering::Relaxed));
+        self.sweep_if_due(now, self.sweep_interval_ms.load(Ordering::Relaxed), false);
         for attempt in 0..2 {
             if self.len.fetch_add(1, Ordering::Relaxed) < self.capacity {
                 return Ok(());
             }
             self.len.fetch_sub(1, Ordering::Relaxed);
             if attempt == 0 {
-                self.sweep_if_due(now, FULL_SWEEP_INTERVAL.as_millis() as u64);
+                self.sweep_if_due(now, FULL_SWEEP_INTERVAL.as_millis() as u64, true);
             }
         }
         Err(StoreError::Full)
@@ -471,6 +486,53 @@ mod tests {
             .create_flow(StoreKey::for_handle("b"), flow("2"), TTL)
             .await
             .unwrap());
+        assert_eq!(store.len(), 1);
+    }
+
+    /// A caller that finds the store full while another is sweeping waits for that sweep,
+    /// instead of answering `Full` while space is being freed (found by the soak test: a
+    /// burst of 503s each time a full store of expired entries was swept).
+    #[test]
+    fn a_full_store_waits_for_the_sweep_under_way() {
+        let store = MemoryStore::with_capacity(2).sweep_interval(Duration::from_secs(3600));
+        let rt = || {
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap()
+        };
+        for name in ["a", "b"] {
+            let created = rt().block_on(store.create_flow(
+                StoreKey::for_handle(name),
+                flow("1"),
+                Duration::from_millis(1),
+            ));
+            assert!(created.unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        // Another caller is sweeping: it holds the lock and has marked the sweep's start.
+        let sweeping = store.inner.sweeping.lock().unwrap();
+        let now = Instant::now();
+        store
+            .inner
+            .last_sweep
+            .store(store.inner.millis(now), Ordering::Relaxed);
+        let waiter = {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                rt().block_on(store.create_flow(StoreKey::for_handle("c"), flow("2"), TTL))
+            })
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            !waiter.is_finished(),
+            "the caller gave up instead of waiting"
+        );
+        assert_eq!(store.inner.sweep(now), 2);
+        drop(sweeping);
+        assert!(
+            waiter.join().unwrap().unwrap(),
+            "refused although space was freed"
+        );
         assert_eq!(store.len(), 1);
     }
 
