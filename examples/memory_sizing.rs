@@ -28,9 +28,34 @@ fn rss_kib() -> usize {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let n: usize = std::env::args()
-        .nth(1)
-        .map_or(Ok(1_000_000), |a| a.parse())?;
+    let mut args = std::env::args().skip(1);
+    let n: usize = args.next().map_or(Ok(1_000_000), |a| a.parse())?;
+    match args.next().as_deref() {
+        Some("flows") => measure(n, Kind::Flows).await,
+        Some("codes") => measure(n, Kind::Codes).await,
+        _ => {
+            // Each kind in a process of its own, so neither reuses memory the other freed
+            // (the maps' old tables while they grow).
+            let me = std::env::current_exe()?;
+            println!("entries of each kind: {n}");
+            for kind in ["flows", "codes"] {
+                let out = std::process::Command::new(&me)
+                    .args([n.to_string(), kind.to_owned()])
+                    .output()?;
+                print!("{}", String::from_utf8_lossy(&out.stdout));
+            }
+            Ok(())
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Flows,
+    Codes,
+}
+
+async fn measure(n: usize, kind: Kind) -> Result<(), Box<dyn std::error::Error>> {
     let verifier = CodeVerifier::parse("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk")?;
     let challenge = CodeChallenge::from_verifier(&verifier, ChallengeMethod::S256);
     let flow = PendingFlow::new(
@@ -41,29 +66,28 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let binding = CodeBinding::new(Some(challenge), "mobile-app");
     let ttl = Duration::from_secs(600);
-    // Keys are made before counting: the layer computes them from the request anyway.
-    let handles: Vec<StoreKey> = (0..n)
-        .map(|i| StoreKey::for_handle(&format!("handle-{i}")))
-        .collect();
-    let codes: Vec<StoreKey> = (0..n)
-        .map(|i| StoreKey::for_code(format!("code-{i}").as_bytes()))
+    // Keys are made before measuring: the layer computes them from the request anyway.
+    let keys: Vec<StoreKey> = (0..n)
+        .map(|i| match kind {
+            Kind::Flows => StoreKey::for_handle(&format!("handle-{i}")),
+            Kind::Codes => StoreKey::for_code(format!("code-{i}").as_bytes()),
+        })
         .collect();
 
-    let store = MemoryStore::with_capacity(2 * n);
-    let rss0 = rss_kib();
-    for handle in handles {
-        store.create_flow(handle, flow.clone(), ttl).await?;
+    let store = MemoryStore::with_capacity(n);
+    let before = rss_kib();
+    for key in keys.iter().copied() {
+        match kind {
+            Kind::Flows => store.create_flow(key, flow.clone(), ttl).await?,
+            Kind::Codes => store.bind_code(key, binding.clone(), ttl).await?,
+        };
     }
-    let rss1 = rss_kib();
-    for code in codes {
-        store.bind_code(code, binding.clone(), ttl).await?;
+    let after = rss_kib();
+    assert_eq!(store.len(), n);
+    let each = after.saturating_sub(before) as f64 * 1024.0 / n as f64;
+    match kind {
+        Kind::Flows => println!("pending flow: {each:.0} bytes each"),
+        Kind::Codes => println!("bound code:   {each:.0} bytes each"),
     }
-    let rss2 = rss_kib();
-    assert_eq!(store.len(), 2 * n);
-
-    let per = |a: usize, b: usize| b.saturating_sub(a) as f64 / n as f64;
-    println!("entries of each kind: {n}");
-    println!("pending flow: {:.0} bytes each", per(rss0, rss1) * 1024.0);
-    println!("bound code:   {:.0} bytes each", per(rss1, rss2) * 1024.0);
     Ok(())
 }

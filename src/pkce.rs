@@ -228,6 +228,14 @@ impl CodeChallenge {
     }
 
     /// A compact encoding for stores: one method byte, then the digest or the plain value.
+    /// How many bytes [`CodeChallenge::write_to`] writes.
+    pub(crate) fn written_len(&self) -> usize {
+        match &self.0 {
+            Inner::S256(digest) => 1 + digest.len(),
+            Inner::Plain(value) => 2 + value.len(),
+        }
+    }
+
     pub(crate) fn write_to(&self, out: &mut Vec<u8>) {
         match &self.0 {
             Inner::S256(digest) => {

@@ -1,4 +1,5 @@
 use std::future::{ready, Future};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, TryLockError};
 use std::time::{Duration, Instant};
@@ -40,8 +41,11 @@ pub struct MemoryStore {
 
 #[derive(Debug)]
 struct Inner {
-    flows: DashMap<StoreKey, Timed<PendingFlow>>,
-    codes: DashMap<StoreKey, Timed<CodeRecord>>,
+    /// Pending flows, each in its [`PendingFlow::encode`]d form.
+    flows: Map,
+    /// Code records, each in its [`CodeRecord::encode`]d form, whose state and failure count
+    /// are changed in place.
+    codes: Map,
     len: AtomicUsize,
     capacity: usize,
     sweep_interval_ms: AtomicU64,
@@ -53,22 +57,97 @@ struct Inner {
     sweeping: Mutex<()>,
 }
 
+/// A map from the first half of a key's SHA-256 (collisions need 2^64 work even among a
+/// billion entries) to an expiry and an encoded record: 40 bytes a slot, so a million
+/// entries cost what they hold plus a little, not the width of decoded structures.
+type Map = DashMap<Key, Timed, KeyHash>;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Key([u8; 16]);
+
+impl Key {
+    fn of(key: StoreKey) -> Self {
+        Self(
+            key.as_bytes()
+                .first_chunk::<16>()
+                .copied()
+                .unwrap_or_default(),
+        )
+    }
+}
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let (head, _) = self.0.split_at(8);
+        let mut word = [0u8; 8];
+        word.copy_from_slice(head);
+        state.write_u64(u64::from_le_bytes(word));
+    }
+}
+
+/// Keys are already uniform digests: their first eight bytes are the hash. (Nobody can aim
+/// entries at one bucket without finding SHA-256 preimages.)
+#[derive(Clone, Copy, Default, Debug)]
+struct KeyHash;
+
+impl BuildHasher for KeyHash {
+    type Hasher = KeyHasher;
+
+    fn build_hasher(&self) -> KeyHasher {
+        KeyHasher(0)
+    }
+}
+
 #[derive(Debug)]
-struct Timed<T> {
-    expires_at: Instant,
-    value: T,
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used by `Key`; fold anything else in all the same.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
 
-/// `now + ttl`, saturating far in the future instead of overflowing for an absurd TTL.
-fn deadline(now: Instant, ttl: Duration) -> Instant {
-    now.checked_add(ttl)
-        .or_else(|| now.checked_add(Duration::from_secs(u64::from(u32::MAX))))
-        .unwrap_or(now)
+#[derive(Debug)]
+struct Timed {
+    /// Milliseconds after the store's epoch.
+    expires_ms: u64,
+    record: Box<[u8]>,
 }
 
-impl<T> Timed<T> {
-    fn live(&self, now: Instant) -> bool {
-        self.expires_at > now
+impl Timed {
+    fn live(&self, now_ms: u64) -> bool {
+        self.expires_ms > now_ms
+    }
+}
+
+/// `now + ttl` in the store's milliseconds, saturating instead of overflowing for an absurd
+/// TTL.
+fn deadline(now_ms: u64, ttl: Duration) -> u64 {
+    now_ms.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A code record's state and failure count: the last five bytes of its encoding.
+fn code_tail(record: &mut [u8]) -> Option<(&mut u8, &mut [u8; 4])> {
+    let (state, failures) = record.last_chunk_mut::<5>()?.split_first_mut()?;
+    Some((state, failures.try_into().ok()?))
+}
+
+fn state_byte(state: CodeState) -> u8 {
+    match state {
+        CodeState::Live => b'L',
+        CodeState::Redeemed => b'R',
+        CodeState::Burned => b'B',
     }
 }
 
@@ -88,8 +167,8 @@ impl MemoryStore {
     pub fn with_capacity(capacity: usize) -> Self {
         Self {
             inner: Arc::new(Inner {
-                flows: DashMap::new(),
-                codes: DashMap::new(),
+                flows: DashMap::with_hasher(KeyHash),
+                codes: DashMap::with_hasher(KeyHash),
                 len: AtomicUsize::new(0),
                 capacity,
                 sweep_interval_ms: AtomicU64::new(DEFAULT_SWEEP_INTERVAL.as_millis() as u64),
@@ -136,7 +215,8 @@ impl Inner {
     }
 
     fn sweep(&self, now: Instant) -> usize {
-        self.last_sweep.store(self.millis(now), Ordering::Relaxed);
+        let now = self.millis(now);
+        self.last_sweep.store(now, Ordering::Relaxed);
         let mut removed = 0;
         self.flows.retain(|_, v| {
             let keep = v.live(now);
@@ -199,19 +279,20 @@ impl Inner {
     /// Inserts unless a live entry holds the key; an expired one is replaced. The slot must
     /// have been reserved; it is given back when nothing was inserted or an expired entry was
     /// replaced.
-    fn insert_reserved<T>(
+    fn insert_reserved(
         &self,
-        map: &DashMap<StoreKey, Timed<T>>,
+        map: &Map,
         key: StoreKey,
-        value: T,
+        record: Vec<u8>,
         ttl: Duration,
         now: Instant,
     ) -> bool {
+        let now = self.millis(now);
         let timed = Timed {
-            expires_at: deadline(now, ttl),
-            value,
+            expires_ms: deadline(now, ttl),
+            record: record.into_boxed_slice(),
         };
-        match map.entry(key) {
+        match map.entry(Key::of(key)) {
             Entry::Vacant(slot) => {
                 slot.insert(timed);
                 true
@@ -228,65 +309,66 @@ impl Inner {
         }
     }
 
-    fn take_flow(&self, key: StoreKey) -> Option<PendingFlow> {
-        let now = Instant::now();
-        let (_, timed) = self.flows.remove(&key)?;
+    fn take_flow(&self, key: StoreKey) -> Result<Option<PendingFlow>, StoreError> {
+        let now = self.millis(Instant::now());
+        let Some((_, timed)) = self.flows.remove(&Key::of(key)) else {
+            return Ok(None);
+        };
         self.release();
-        timed.live(now).then_some(timed.value)
+        if !timed.live(now) {
+            return Ok(None);
+        }
+        PendingFlow::decode(&timed.record).map(Some)
     }
 
-    fn flow(&self, key: StoreKey) -> Option<PendingFlow> {
-        let now = Instant::now();
-        let found = self
-            .flows
+    /// Reads a live entry and decodes it; an expired one is removed.
+    fn read<T>(
+        &self,
+        map: &Map,
+        key: StoreKey,
+        decode: impl FnOnce(&[u8]) -> Result<T, StoreError>,
+    ) -> Result<Option<T>, StoreError> {
+        let now = self.millis(Instant::now());
+        let key = Key::of(key);
+        let found = map
             .get(&key)
-            .map(|t| t.live(now).then(|| t.value.clone()));
+            .map(|t| t.live(now).then(|| decode(&t.record)));
         match found {
-            Some(Some(flow)) => Some(flow),
+            Some(Some(value)) => value.map(Some),
             Some(None) => {
-                self.remove_expired(&self.flows, key, now);
-                None
+                self.remove_expired(map, key, now);
+                Ok(None)
             }
-            None => None,
+            None => Ok(None),
         }
     }
 
-    fn code(&self, key: StoreKey) -> Option<CodeRecord> {
-        let now = Instant::now();
-        let found = self
-            .codes
-            .get(&key)
-            .map(|t| t.live(now).then(|| t.value.clone()));
-        match found {
-            Some(Some(record)) => Some(record),
-            Some(None) => {
-                self.remove_expired(&self.codes, key, now);
-                None
-            }
-            None => None,
-        }
-    }
-
-    fn remove_expired<T>(&self, map: &DashMap<StoreKey, Timed<T>>, key: StoreKey, now: Instant) {
-        if map.remove_if(&key, |_, t| !t.live(now)).is_some() {
+    fn remove_expired(&self, map: &Map, key: Key, now_ms: u64) {
+        if map.remove_if(&key, |_, t| !t.live(now_ms)).is_some() {
             self.release();
         }
     }
 
-    /// Applies `change` to a live code record under its shard lock.
+    /// Applies `change` to a live code record's state and failure count, under its shard
+    /// lock.
     fn update_code<R>(
         &self,
         key: StoreKey,
-        change: impl FnOnce(&mut CodeRecord) -> R,
-    ) -> Option<R> {
-        let now = Instant::now();
-        let mut entry = self.codes.get_mut(&key)?;
+        change: impl FnOnce(&mut u8, &mut [u8; 4]) -> R,
+    ) -> Result<Option<R>, StoreError> {
+        let now = self.millis(Instant::now());
+        let key = Key::of(key);
+        let Some(mut entry) = self.codes.get_mut(&key) else {
+            return Ok(None);
+        };
         if !entry.live(now) {
             drop(entry);
             self.remove_expired(&self.codes, key, now);
-            return None;
+            return Ok(None);
         }
-        Some(change(&mut entry.value))
+        let (state, failures) =
+            code_tail(&mut entry.record).ok_or_else(|| StoreError::backend("corrupt record"))?;
+        Ok(Some(change(state, failures)))
     }
 }
 
@@ -302,7 +384,7 @@ impl ChallengeStore for MemoryStore {
         ready(
             inner
                 .reserve(now)
-                .map(|()| inner.insert_reserved(&inner.flows, handle, flow, ttl, now)),
+                .map(|()| inner.insert_reserved(&inner.flows, handle, flow.encode(), ttl, now)),
         )
     }
 
@@ -310,14 +392,17 @@ impl ChallengeStore for MemoryStore {
         &self,
         handle: StoreKey,
     ) -> impl Future<Output = Result<Option<PendingFlow>, StoreError>> + Send {
-        ready(Ok(self.inner.flow(handle)))
+        ready(
+            self.inner
+                .read(&self.inner.flows, handle, PendingFlow::decode),
+        )
     }
 
     fn take_flow(
         &self,
         handle: StoreKey,
     ) -> impl Future<Output = Result<Option<PendingFlow>, StoreError>> + Send {
-        ready(Ok(self.inner.take_flow(handle)))
+        ready(self.inner.take_flow(handle))
     }
 
     fn bind_code(
@@ -333,7 +418,7 @@ impl ChallengeStore for MemoryStore {
         ready(Ok(inner.insert_reserved(
             &inner.codes,
             code,
-            record,
+            record.encode(),
             ttl,
             Instant::now(),
         )))
@@ -351,7 +436,7 @@ impl ChallengeStore for MemoryStore {
         ready(
             inner
                 .reserve(now)
-                .map(|()| inner.insert_reserved(&inner.codes, code, record, ttl, now)),
+                .map(|()| inner.insert_reserved(&inner.codes, code, record.encode(), ttl, now)),
         )
     }
 
@@ -359,29 +444,29 @@ impl ChallengeStore for MemoryStore {
         &self,
         code: StoreKey,
     ) -> impl Future<Output = Result<Option<CodeRecord>, StoreError>> + Send {
-        ready(Ok(self.inner.code(code)))
+        ready(self.inner.read(&self.inner.codes, code, CodeRecord::decode))
     }
 
     fn redeem(&self, code: StoreKey) -> impl Future<Output = Result<bool, StoreError>> + Send {
-        let won = self.inner.update_code(code, |record| match record.state {
-            CodeState::Live => {
-                record.state = CodeState::Redeemed;
-                true
+        let won = self.inner.update_code(code, |state, _| {
+            let live = *state == state_byte(CodeState::Live);
+            if live {
+                *state = state_byte(CodeState::Redeemed);
             }
-            _ => false,
+            live
         });
-        ready(Ok(won.unwrap_or(false)))
+        ready(won.map(|won| won.unwrap_or(false)))
     }
 
     fn unredeem(&self, code: StoreKey) -> impl Future<Output = Result<bool, StoreError>> + Send {
-        let done = self.inner.update_code(code, |record| match record.state {
-            CodeState::Redeemed => {
-                record.state = CodeState::Live;
-                true
+        let done = self.inner.update_code(code, |state, _| {
+            let redeemed = *state == state_byte(CodeState::Redeemed);
+            if redeemed {
+                *state = state_byte(CodeState::Live);
             }
-            _ => false,
+            redeemed
         });
-        ready(Ok(done.unwrap_or(false)))
+        ready(done.map(|done| done.unwrap_or(false)))
     }
 
     fn record_failure(
@@ -389,16 +474,22 @@ impl ChallengeStore for MemoryStore {
         code: StoreKey,
         max_failures: u32,
     ) -> impl Future<Output = Result<Option<CodeState>, StoreError>> + Send {
-        let state = self.inner.update_code(code, |record| {
-            if record.state == CodeState::Live {
-                record.failures = record.failures.saturating_add(1);
-                if record.failures >= max_failures {
-                    record.state = CodeState::Burned;
+        let state = self.inner.update_code(code, |state, failures| {
+            if *state == state_byte(CodeState::Live) {
+                let count = u32::from_be_bytes(*failures).saturating_add(1);
+                *failures = count.to_be_bytes();
+                if count >= max_failures {
+                    *state = state_byte(CodeState::Burned);
                 }
             }
-            record.state
+            match *state {
+                b'L' => Ok(CodeState::Live),
+                b'R' => Ok(CodeState::Redeemed),
+                b'B' => Ok(CodeState::Burned),
+                _ => Err(StoreError::backend("corrupt record")),
+            }
         });
-        ready(Ok(state))
+        ready(state.and_then(Option::transpose))
     }
 }
 

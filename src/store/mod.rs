@@ -114,12 +114,22 @@ impl PendingFlow {
 
     /// A compact byte encoding, for stores that keep bytes.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(48 + self.client_id.len());
+        let strings = [
+            Some(&*self.client_id),
+            self.redirect_uri.as_deref(),
+            self.state.as_deref(),
+        ];
+        let len = 1
+            + challenge_len(self.challenge.as_ref())
+            + strings.iter().map(|s| str_len(*s)).sum::<usize>();
+        // Exactly the length: the memory store keeps this allocation as it is.
+        let mut out = Vec::with_capacity(len);
         out.push(FORMAT_VERSION);
         write_challenge(&mut out, self.challenge.as_ref());
         write_str(&mut out, Some(&self.client_id));
         write_str(&mut out, self.redirect_uri.as_deref());
         write_str(&mut out, self.state.as_deref());
+        debug_assert_eq!(out.len(), len);
         out
     }
 
@@ -239,7 +249,11 @@ impl CodeRecord {
     /// (`L`, `R` or `B`) and the failure count (big-endian `u32`), so a store can change a
     /// record's state in place (`RedisStore`'s scripts do) without decoding the rest.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(48 + self.binding.client_id.len());
+        let len = 1
+            + challenge_len(self.binding.challenge.as_ref())
+            + str_len(Some(&self.binding.client_id))
+            + 5;
+        let mut out = Vec::with_capacity(len);
         out.push(FORMAT_VERSION);
         write_challenge(&mut out, self.binding.challenge.as_ref());
         write_str(&mut out, Some(&self.binding.client_id));
@@ -249,6 +263,7 @@ impl CodeRecord {
             CodeState::Burned => b'B',
         });
         out.extend_from_slice(&self.failures.to_be_bytes());
+        debug_assert_eq!(out.len(), len);
         out
     }
 
@@ -277,6 +292,14 @@ impl CodeRecord {
 }
 
 const FORMAT_VERSION: u8 = 1;
+
+fn challenge_len(challenge: Option<&CodeChallenge>) -> usize {
+    challenge.map_or(1, CodeChallenge::written_len)
+}
+
+fn str_len(value: Option<&str>) -> usize {
+    value.map_or(1, |v| 5 + v.len())
+}
 
 fn write_challenge(out: &mut Vec<u8>, challenge: Option<&CodeChallenge>) {
     match challenge {
