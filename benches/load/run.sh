@@ -1,0 +1,353 @@
+#!/usr/bin/env bash
+# Load test: full PKCE flows/s and pass-through requests/s through
+#   pkce-proxy  ->  upstream      (the thing measured)
+#   nginx       ->  upstream      (nginx as a plain proxy_pass reverse proxy: the baseline)
+#   upstream                      (straight to the upstream: the limit)
+# on this machine, under the same wrk load, in alternating rounds. See README.md here.
+#
+# Knobs (environment): ROUNDS=3 DURATION=10s CONNECTIONS=64 THREADS=2, and the LOAD_*
+# variables listed in README.md. Nothing is installed; nginx, wrk, python3 and cargo must be
+# there already.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-64}
+THREADS=${THREADS:-2}
+WARMUP=${LOAD_WARMUP:-2s}                 # per target, before round 1, not recorded; 0 to skip
+PAUSE=${LOAD_PAUSE:-1}                    # seconds between two wrk runs
+WRK_TIMEOUT=${LOAD_WRK_TIMEOUT:-5s}
+TARGETS=${LOAD_TARGETS:-"pkce-proxy nginx upstream"}
+SCENARIOS=${LOAD_SCENARIOS:-"flow passthrough"}
+NPAIRS=${LOAD_PAIRS_COUNT:-4096}
+BASE_PORT=${LOAD_BASE_PORT:-18180}
+CLIENT_ID=${LOAD_CLIENT_ID:-load-client}
+REDIRECT_URI=${LOAD_REDIRECT_URI:-https://client.example/callback}
+STATIC_PATH=/static/x
+MAX_PENDING=${LOAD_MAX_PENDING:-10000000}
+PROXY_LOG=${LOAD_PROXY_LOG:-warn}
+PROXY_ARGS=${LOAD_PROXY_ARGS:-}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target-load}
+
+UPSTREAM_PORT=$((BASE_PORT + 1))
+NGINX_PORT=$((BASE_PORT + 2))
+PROXY_PORT=$((BASE_PORT + 3))
+ADMIN_PORT=$((BASE_PORT + 4))
+
+say() { printf '%s\n' "$*" >&2; }
+die() { say "run.sh: $*"; exit 1; }
+
+# --- tools -------------------------------------------------------------------------------
+NGINX=${LOAD_NGINX:-$(command -v nginx || true)}
+if [ -z "$NGINX" ] && [ -x /usr/sbin/nginx ]; then NGINX=/usr/sbin/nginx; fi
+missing=()
+[ -n "$NGINX" ] || missing+=(nginx)
+command -v wrk >/dev/null || missing+=(wrk)
+if [ ${#missing[@]} -gt 0 ]; then
+    say "run.sh: missing: ${missing[*]}"
+    say "install them with:  apt-get install -y nginx wrk"
+    exit 1
+fi
+command -v python3 >/dev/null || die "python3 is needed (pair generation, preflight, summary)"
+if [ -z "${LOAD_PROXY_BIN:-}" ]; then
+    command -v cargo >/dev/null || die "cargo is needed to build pkce-proxy (or set LOAD_PROXY_BIN)"
+fi
+
+# --- the work directory, and cleanup of everything started ---------------------------------
+WORKDIR=${LOAD_WORKDIR:-$(mktemp -d "${TMPDIR:-/tmp}/pkce-load.XXXXXX")}
+mkdir -p "$WORKDIR/raw"
+PIDS=()
+WRK_PID=
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    if [ -n "$WRK_PID" ]; then kill -TERM "$WRK_PID" 2>/dev/null || true; fi
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+    done
+    wait 2>/dev/null || true
+    say "run.sh: stopped everything it started; logs and raw output in $WORKDIR"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+wait_port() { # port name pid
+    for _ in $(seq 100); do
+        port_open "$1" && return 0
+        kill -0 "$3" 2>/dev/null || die "$2 exited at startup; see $WORKDIR"
+        sleep 0.1
+    done
+    die "$2 did not listen on 127.0.0.1:$1 within 10 s; see $WORKDIR"
+}
+for p in "$UPSTREAM_PORT" "$NGINX_PORT" "$PROXY_PORT" "$ADMIN_PORT"; do
+    if port_open "$p"; then die "127.0.0.1:$p is in use; pick other ports with LOAD_BASE_PORT"; fi
+done
+
+# --- build ---------------------------------------------------------------------------------
+# The working tree by default; with LOAD_BUILD_REF, a clean export of that commit (git archive:
+# nothing in the repository changes), built in a target directory of its own.
+if [ -n "${LOAD_PROXY_BIN:-}" ]; then
+    PROXY_BIN=$LOAD_PROXY_BIN
+    SOURCE="given binary $PROXY_BIN"
+elif [ -n "${LOAD_BUILD_REF:-}" ]; then
+    commit=$(git -C "$ROOT" rev-parse --verify "${LOAD_BUILD_REF}^{commit}") \
+        || die "LOAD_BUILD_REF=$LOAD_BUILD_REF is not a commit"
+    mkdir -p "$WORKDIR/src"
+    git -C "$ROOT" archive "$commit" | tar -x -C "$WORKDIR/src"
+    say "run.sh: building pkce-proxy at ${commit:0:7} (release, clean export, CARGO_TARGET_DIR=$CARGO_TARGET_DIR/ref)"
+    (cd "$WORKDIR/src" && CARGO_TARGET_DIR=$CARGO_TARGET_DIR/ref cargo build --release --locked --bin pkce-proxy) \
+        >"$WORKDIR/build.log" 2>&1 || { tail -20 "$WORKDIR/build.log" >&2; die "build failed"; }
+    PROXY_BIN=$CARGO_TARGET_DIR/ref/release/pkce-proxy
+    SOURCE="commit ${commit:0:7}, clean export (LOAD_BUILD_REF=$LOAD_BUILD_REF)"
+else
+    say "run.sh: building pkce-proxy from the working tree (release, CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
+    (cd "$ROOT" && cargo build --release --bin pkce-proxy) >"$WORKDIR/build.log" 2>&1 \
+        || { tail -20 "$WORKDIR/build.log" >&2; die "build failed"; }
+    PROXY_BIN=$CARGO_TARGET_DIR/release/pkce-proxy
+    SOURCE="working tree at $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')"
+    if ! git -C "$ROOT" diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null; then
+        SOURCE+=" with uncommitted changes in src/Cargo.* (LOAD_BUILD_REF=HEAD measures the commit alone)"
+    fi
+fi
+[ -x "$PROXY_BIN" ] || die "no pkce-proxy binary at $PROXY_BIN"
+
+# --- configuration -------------------------------------------------------------------------
+python3 "$HERE/gen_pairs.py" "$NPAIRS" "$WORKDIR/pairs.lua"
+ENCODED_REDIRECT=$(python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1], safe="-._~"))' "$REDIRECT_URI")
+
+render() { # template out KEY=VALUE...
+    python3 - "$@" <<'EOF'
+import sys
+template, out, *pairs = sys.argv[1:]
+text = open(template, encoding="utf-8").read()
+for pair in pairs:
+    key, value = pair.split("=", 1)
+    text = text.replace("@" + key + "@", value)
+if "@" in "".join(l for l in text.splitlines() if not l.lstrip().startswith("#")):
+    sys.exit(f"render: unreplaced placeholder left in {out}")
+open(out, "w", encoding="utf-8").write(text)
+EOF
+}
+for name in upstream front; do mkdir -p "$WORKDIR/$name/tmp"; done
+render "$HERE/upstream.nginx.conf.in" "$WORKDIR/upstream/nginx.conf" \
+    DIR="$WORKDIR/upstream" PORT="$UPSTREAM_PORT" \
+    REDIRECT_URI="$REDIRECT_URI" REDIRECT_URI_ENCODED="$ENCODED_REDIRECT"
+render "$HERE/front.nginx.conf.in" "$WORKDIR/front/nginx.conf" \
+    DIR="$WORKDIR/front" PORT="$NGINX_PORT" UPSTREAM_PORT="$UPSTREAM_PORT" \
+    KEEPALIVE="$CONNECTIONS"
+
+# --- start ---------------------------------------------------------------------------------
+start_nginx() { # name
+    local dir=$WORKDIR/$1
+    "$NGINX" -t -q -p "$dir/" -c "$dir/nginx.conf" -e "$dir/error.log" \
+        || die "nginx -t failed for $dir/nginx.conf"
+    "$NGINX" -p "$dir/" -c "$dir/nginx.conf" -e "$dir/error.log" &
+    PIDS+=($!)
+}
+start_nginx upstream
+UPSTREAM_PID=${PIDS[-1]}
+wait_port "$UPSTREAM_PORT" "upstream nginx" "$UPSTREAM_PID"
+start_nginx front
+FRONT_PID=${PIDS[-1]}
+wait_port "$NGINX_PORT" "front nginx" "$FRONT_PID"
+
+# The proxy reads PKCE_PROXY_* from its environment: start it with none but ours.
+PROXY_CMD=("$PROXY_BIN" --upstream "http://127.0.0.1:$UPSTREAM_PORT"
+    --listen "127.0.0.1:$PROXY_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT"
+    --max-pending "$MAX_PENDING" --shutdown-grace 2s)
+# shellcheck disable=SC2206  # LOAD_PROXY_ARGS is split on purpose
+PROXY_CMD+=($PROXY_ARGS)
+unset_env=()
+while IFS='=' read -r name _; do
+    case $name in PKCE_PROXY_*) unset_env+=(-u "$name") ;; esac
+done < <(env)
+env "${unset_env[@]}" RUST_LOG="$PROXY_LOG" "${PROXY_CMD[@]}" \
+    >"$WORKDIR/pkce-proxy.out" 2>"$WORKDIR/pkce-proxy.log" &
+PIDS+=($!)
+PROXY_PID=${PIDS[-1]}
+wait_port "$PROXY_PORT" "pkce-proxy" "$PROXY_PID"
+
+port_of() {
+    case $1 in
+        pkce-proxy) echo "$PROXY_PORT" ;;
+        nginx) echo "$NGINX_PORT" ;;
+        upstream) echo "$UPSTREAM_PORT" ;;
+        *) die "unknown target $1 (pkce-proxy, nginx, upstream)" ;;
+    esac
+}
+
+# --- preflight: real flows, and PKCE really enforced by the proxy alone ---------------------
+preflight=()
+for t in $TARGETS; do
+    if [ "$t" = pkce-proxy ]; then
+        preflight+=(--target "$t=127.0.0.1:$(port_of "$t"):enforces")
+    else
+        preflight+=(--target "$t=127.0.0.1:$(port_of "$t")")
+    fi
+done
+python3 "$HERE/preflight.py" --pairs "$WORKDIR/pairs.lua" --client-id "$CLIENT_ID" \
+    --redirect-uri "$REDIRECT_URI" --static-path "$STATIC_PATH" "${preflight[@]}"
+
+metrics() { # out: the proxy's /metrics
+    python3 - "$ADMIN_PORT" >"$1" <<'EOF' || true
+import sys, urllib.request
+print(urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics", timeout=5).read().decode())
+EOF
+}
+# The preflight's own refusals (a wrong verifier, a missing challenge) are expected: only
+# what the load adds after this point counts.
+metrics "$WORKDIR/metrics-preflight.txt"
+LOG_LINES_PREFLIGHT=$(wc -l <"$WORKDIR/pkce-proxy.log")
+
+# --- load ----------------------------------------------------------------------------------
+export LOAD_PAIRS=$WORKDIR/pairs.lua LOAD_CLIENT_ID=$CLIENT_ID LOAD_REDIRECT_URI=$REDIRECT_URI
+
+# CPU time (user + system, in clock ticks) used so far by a process and its children that are
+# alive (nginx's workers): what the target itself spends, whatever else runs on the machine.
+CLK_TCK=$(getconf CLK_TCK)
+cpu_ticks() { # pid
+    local pids
+    pids="$1 $(ps -o pid= --ppid "$1" 2>/dev/null | tr '\n' ' ')"
+    # shellcheck disable=SC2086
+    for p in $pids; do sed 's/^.*) //' "/proc/$p/stat" 2>/dev/null; done \
+        | awk '{ t += $12 + $13 } END { print t + 0 }'
+}
+pid_of() {
+    case $1 in
+        pkce-proxy) echo "$PROXY_PID" ;;
+        nginx) echo "$FRONT_PID" ;;
+        upstream) echo "$UPSTREAM_PID" ;;
+    esac
+}
+
+run_wrk() { # out target scenario duration
+    local out=$1 target=$2 scenario=$3 duration=$4 url pid cpu0 cpu1 done_ops
+    url=http://127.0.0.1:$(port_of "$target")
+    if [ "$scenario" = passthrough ]; then url+=$STATIC_PATH; else url+=/; fi
+    {
+        echo "# $(date -Is) target=$target scenario=$scenario loadavg: $(cat /proc/loadavg)"
+        echo "# wrk -t$THREADS -c$CONNECTIONS -d$duration --timeout $WRK_TIMEOUT -s $HERE/$scenario.lua $url"
+    } >"$out"
+    pid=$(pid_of "$target")
+    cpu0=$(cpu_ticks "$pid")
+    wrk -t"$THREADS" -c"$CONNECTIONS" -d"$duration" --timeout "$WRK_TIMEOUT" \
+        -s "$HERE/$scenario.lua" "$url" >>"$out" 2>&1 &
+    WRK_PID=$!
+    wait "$WRK_PID" || { WRK_PID=; cat "$out" >&2; die "wrk failed ($target, $scenario)"; }
+    WRK_PID=
+    cpu1=$(cpu_ticks "$pid")
+    grep -q '^RESULT ' "$out" || { cat "$out" >&2; die "no RESULT line from wrk ($target, $scenario)"; }
+    # The target's own CPU per completed flow (or served request), in microseconds.
+    done_ops=$(sed -n 's/^RESULT .* completed=\([0-9]*\).*/\1/p' "$out")
+    awk -v t="$((cpu1 - cpu0))" -v hz="$CLK_TCK" -v n="$done_ops" \
+        'BEGIN { printf "CPU of the target itself: %.2f s, %.1f us per op\n", t / hz, (n > 0 ? t / hz * 1e6 / n : 0) }' >>"$out"
+    sed -i "s/^RESULT .*/& cpu_ticks=$((cpu1 - cpu0)) clk_tck=$CLK_TCK/" "$out"
+}
+
+field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$2"; }
+
+LOAD_START=$(cat /proc/loadavg)
+if [ "$WARMUP" != 0 ]; then
+    for t in $TARGETS; do
+        for s in $SCENARIOS; do
+            out=$WORKDIR/raw/warmup-$s-$t.txt
+            run_wrk "$out" "$t" "$s" "$WARMUP"
+            line=$(grep '^RESULT ' "$out")
+            say "warm-up  $s $t: $(field rate "$line")/s, refused/unmatched $(field refused "$line")"
+            sleep "$PAUSE"
+        done
+    done
+fi
+
+RESULTS=$WORKDIR/results.tsv
+: >"$RESULTS"
+read -r -a targets <<<"$TARGETS"
+n=${#targets[@]}
+for ((r = 1; r <= ROUNDS; r++)); do
+    for s in $SCENARIOS; do
+        # Rotate the order every round, so no target always runs first (or after another).
+        for ((i = 0; i < n; i++)); do
+            t=${targets[$(((i + r - 1) % n))]}
+            out=$WORKDIR/raw/round$r-$s-$t.txt
+            run_wrk "$out" "$t" "$s" "$DURATION"
+            line=$(grep '^RESULT ' "$out")
+            printf '%s\t%s\t%s\t%s\n' "$r" "$t" "$s" "$line" >>"$RESULTS"
+            say "round $r/$ROUNDS  $s $t: $(field rate "$line")/s, p50 $(field p50_us "$line") µs," \
+                "p99 $(field p99_us "$line") µs, refused/unmatched $(field refused "$line")," \
+                "socket errors $(field socket_errors "$line"), target CPU $(field cpu_ticks "$line") ticks"
+            sleep "$PAUSE"
+        done
+    done
+done
+LOAD_END=$(cat /proc/loadavg)
+
+# --- after: the proxy's own view ----------------------------------------------------------
+metrics "$WORKDIR/metrics.txt"
+PROXY_RSS=$(sed -n 's/^VmRSS:[[:space:]]*//p' "/proc/$PROXY_PID/status" 2>/dev/null || echo "?")
+# Counters that grew during the load: refusals (or report-mode findings) and errors.
+PROXY_PROBLEMS=$(python3 - "$WORKDIR/metrics-preflight.txt" "$WORKDIR/metrics.txt" <<'EOF'
+import re, sys
+PATTERN = re.compile(r'^((?:pkce_decisions_total\{outcome="(?:refused|reported)"'
+                     r'|pkce_proxy_upstream_errors_total|pkce_proxy_body_timeouts_total)\S*) (\d+)$')
+def read(path):
+    out = {}
+    for line in open(path, encoding="utf-8"):
+        m = PATTERN.match(line.strip())
+        if m:
+            out[m.group(1)] = int(m.group(2))
+    return out
+before, after = read(sys.argv[1]), read(sys.argv[2])
+for key, value in sorted(after.items()):
+    if value > before.get(key, 0):
+        print(f"{key} +{value - before.get(key, 0)}")
+EOF
+)
+PROXY_DECISIONS=$(grep -E '^pkce_decisions_total' "$WORKDIR/metrics.txt" || true)
+PROXY_LOG_LINES=$(($(wc -l <"$WORKDIR/pkce-proxy.log") - LOG_LINES_PREFLIGHT))
+
+# --- report --------------------------------------------------------------------------------
+REPORT=$WORKDIR/results.md
+{
+    echo "## pkce-proxy load test ($(date -u '+%Y-%m-%d %H:%M UTC'))"
+    echo
+    echo "- pkce-proxy built from: $SOURCE"
+    echo "- machine: nproc $(nproc), $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)"
+    echo "- load average (1/5/15 min): at start $(cut -d' ' -f1-3 <<<"$LOAD_START"), at end $(cut -d' ' -f1-3 <<<"$LOAD_END")"
+    echo "- $("$NGINX" -v 2>&1), $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)"
+    echo "- load: wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $ROUNDS rounds, targets rotated each round, warm-up $WARMUP per target"
+    echo "- pkce-proxy: RUST_LOG=$PROXY_LOG ${PROXY_CMD[*]}"
+    echo "- pkce-proxy after the run: RSS $PROXY_RSS; $PROXY_LOG_LINES log lines (RUST_LOG=$PROXY_LOG) during the load"
+    echo
+    python3 "$HERE/summarize.py" "$RESULTS"
+    echo
+    echo "flow: flows/s = completed flows / duration; p50/p99 = whole flow, authorize sent to token 200."
+    echo "passthrough: GET $STATIC_PATH, req/s of 200s with the expected body; p50/p99 per request."
+    echo "CPU µs/op: user+system CPU of the target's own processes (pkce-proxy; the front nginx's master"
+    echo "and workers; the upstream nginx for \"upstream\") during the run, per completed flow or request;"
+    echo "the upstream's CPU is not in the proxies' figures. Less sensitive than the rates to other load."
+    echo
+    echo "pkce-proxy decisions over the whole run, preflight included (/metrics):"
+    echo
+    sed 's/^/    /' <<<"$PROXY_DECISIONS"
+    if [ -n "$PROXY_PROBLEMS" ]; then
+        echo
+        echo "pkce-proxy refusals and errors during the load (/metrics, after minus before):"
+        echo
+        sed 's/^/    /' <<<"$PROXY_PROBLEMS"
+    fi
+} >"$REPORT"
+cat "$REPORT"
+
+bad=$(awk -F'\t' '{ if (match($4, / refused=[0-9]+/)) s += substr($4, RSTART + 9, RLENGTH - 9) } END { print s + 0 }' "$RESULTS")
+if [ "$bad" -gt 0 ] || [ -n "$PROXY_PROBLEMS" ]; then
+    say "run.sh: WARNING: $bad refused/unmatched flows or requests; see $WORKDIR/raw and $WORKDIR/pkce-proxy.log"
+    exit 3
+fi
