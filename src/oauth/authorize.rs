@@ -356,4 +356,71 @@ mod tests {
             assert_eq!(error_in_fragment(&params), expected, "{mode:?} {hybrid}");
         }
     }
+
+    /// The request as the layer reads it, except where `state` is.
+    fn reading(p: &AuthorizeParams) -> impl PartialEq + std::fmt::Debug {
+        (
+            (
+                p.wants_code,
+                p.hybrid,
+                p.client_id.clone(),
+                p.redirect_uri.clone(),
+            ),
+            (
+                p.challenge.clone(),
+                p.method.clone(),
+                p.response_mode.clone(),
+            ),
+            (p.request_object, p.request, p.request_uri.clone()),
+        )
+    }
+
+    proptest::proptest! {
+        /// Parse → put the handle in → parse again reads the same request, with only `state`
+        /// changed to the handle and standing where it was: what the upstream receives is
+        /// what the layer checked.
+        #[test]
+        fn putting_the_handle_in_changes_nothing_else(
+            pairs in proptest::collection::vec(
+                (
+                    "response_type|client_id|redirect_uri|state|STATE|code_challenge|\
+                     code_challenge_method|response_mode|scope|nonce|request_uri|x",
+                    "[ -~]{0,24}|\\PC{0,6}",
+                ),
+                0..8,
+            ),
+            raw in "[a-z_&=%+0-9A-F\\[\\]]{0,16}",
+            in_body in proptest::bool::ANY,
+        ) {
+            let mut input = form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(pairs.iter().map(|(n, v)| (n.as_str(), v.as_str())))
+                .finish()
+                .into_bytes();
+            if !raw.is_empty() {
+                input.push(b'&');
+                input.extend_from_slice(raw.as_bytes());
+            }
+            let (query, body): (&[u8], Option<&[u8]>) = if in_body {
+                (b"", Some(&input))
+            } else {
+                (&input, None)
+            };
+            let Ok(before) = parse(query, body) else {
+                return Ok(());
+            };
+            const H: &str = "Qm9vdHN0cmFwSGFuZGxlMQ";
+            let (query, body) = match before.state_at.clone() {
+                Some((Part::Body, span)) => {
+                    (query.to_vec(), Some(put_state(body.unwrap_or_default(), Some(span), H)))
+                }
+                at => (put_state(query, at.map(|(_, s)| s), H), body.map(<[u8]>::to_vec)),
+            };
+            let after = parse(&query, body.as_deref()).expect("the rewritten request parses");
+            proptest::prop_assert_eq!(reading(&before), reading(&after));
+            proptest::prop_assert_eq!(after.state.as_deref(), Some(H));
+            if let (Some((was, _)), Some((is, _))) = (&before.state_at, &after.state_at) {
+                proptest::prop_assert_eq!(was, is);
+            }
+        }
+    }
 }

@@ -522,4 +522,44 @@ mod tests {
             );
         }
     }
+
+    proptest::proptest! {
+        /// A JSON body of scalar members becomes a form that says exactly the same, member
+        /// by member and in order, and that form parses to the same code and verifier.
+        #[test]
+        fn json_becomes_a_form_that_says_the_same(
+            members in proptest::collection::vec(
+                ("code|code_verifier|client_id|grant_type|[a-z_]{1,8}", "[ -~]{0,24}|\\PC{0,6}"),
+                0..6,
+            ),
+        ) {
+            let mut seen = std::collections::HashSet::new();
+            let members: Vec<(String, String)> =
+                members.into_iter().filter(|(n, _)| seen.insert(n.clone())).collect();
+            let object: serde_json::Map<String, Value> = members
+                .iter()
+                .map(|(n, v)| (n.clone(), Value::String(v.clone())))
+                .collect();
+            let json = serde_json::to_vec(&object).unwrap();
+            let form = json_to_form(&json).expect("an object of strings converts");
+            let read: Vec<(String, String)> = form_urlencoded::parse(&form)
+                .map(|(n, v)| (n.into_owned(), v.into_owned()))
+                .collect();
+            let mut expected: Vec<(String, String)> = object
+                .iter()
+                .map(|(n, v)| (n.clone(), v.as_str().unwrap_or_default().to_owned()))
+                .collect();
+            let mut sorted = read.clone();
+            sorted.sort();
+            expected.sort();
+            proptest::prop_assert_eq!(sorted, expected);
+            if let Ok(parsed) = parse_form(&form) {
+                let code = members.iter().find(|(n, v)| n == "code" && !v.is_empty());
+                proptest::prop_assert_eq!(
+                    parsed.code.as_deref(),
+                    code.map(|(_, v)| v.as_bytes())
+                );
+            }
+        }
+    }
 }
