@@ -494,13 +494,33 @@ async fn decide_parsed(
         // Not a code flow, unless a request object or a request by reference may make it one
         // (its response_type is inside).
         Ok(params) if !params.wants_code && !params.request_object => {
-            Ok((AuthorizeDecision::Unchanged, params))
+            // Not a code flow, but it may still try to use a live flow's handle: only a
+            // matching code-flow request may (else it would end the flow and be handed the
+            // flow's own state).
+            match live_handle(shared, &params).await {
+                Ok(false) => Ok((AuthorizeDecision::Unchanged, params)),
+                Ok(true) => Err((Reason::HandleMismatch, Some(params))),
+                Err(reason) => Err((reason, Some(params))),
+            }
         }
         Ok(params) => match decide_authorize(shared, &params, pushed).await {
             Ok(decision) => Ok((decision, params)),
             Err(reason) => Err((reason, Some(params))),
         },
     }
+}
+
+/// Whether the request's `state` is the handle of a live flow.
+async fn live_handle(shared: &Shared, params: &AuthorizeParams) -> Result<bool, Reason> {
+    let Some(state) = params
+        .state
+        .as_deref()
+        .filter(|s| redirect::is_handle(s.as_bytes()))
+    else {
+        return Ok(false);
+    };
+    let flow = shared.store.flow(StoreKey::for_handle(state)).await;
+    flow.map(|f| f.is_some()).map_err(|e| store_reason(&e))
 }
 
 /// The store key of a pushed request's record, beside the pending flows' handles.

@@ -65,6 +65,13 @@ pub(crate) fn parse(query: &[u8], body: Option<&[u8]>) -> Result<AuthorizeParams
     if params::first_shared(&query_params, &body_params).is_some() {
         return Err(Reason::ParameterInQueryAndBody);
     }
+    let unclosed = |input: &[u8], list: &[Param<'_>]| {
+        list.iter()
+            .any(|p| params::has_unclosed_bracket(&params::raw_name(input, p)))
+    };
+    if unclosed(query, &query_params) || unclosed(body.unwrap_or_default(), &body_params) {
+        return Err(Reason::MalformedParameter);
+    }
     let lookup = |name: &str| -> Option<(Part, &Param<'_>)> {
         params::find(&query_params, name)
             .map(|p| (Part::Query, p))
@@ -355,6 +362,20 @@ mod tests {
             };
             assert_eq!(error_in_fragment(&params), expected, "{mode:?} {hybrid}");
         }
+    }
+
+    #[test]
+    fn an_unclosed_bracket_in_a_name_is_refused() {
+        // PHP reads `client[id` as `client_id`; the layer would read `client`.
+        for query in ["client_id=a&client[id=b", "response_type=code&x[=1"] {
+            assert_eq!(
+                parse_q(query).map(|_| ()).err(),
+                Some(Reason::MalformedParameter),
+                "{query}"
+            );
+        }
+        assert!(parse(b"", Some(b"response_type=code&client[id=b")).is_err());
+        assert!(parse_q("response_type=code&claims[x]=1&a[]=2").is_ok());
     }
 
     /// The request as the layer reads it, except where `state` is.

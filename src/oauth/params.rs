@@ -81,6 +81,21 @@ pub(crate) fn parse(input: &[u8]) -> Vec<Param<'_>> {
     params
 }
 
+/// A parameter's name as sent (decoded, not normalized): `input` must be the input `param`
+/// was parsed from.
+pub(crate) fn raw_name<'i>(input: &'i [u8], param: &Param<'_>) -> Cow<'i, [u8]> {
+    let pair = input.get(param.span.clone()).unwrap_or_default();
+    decode(pair.split(|&b| b == b'=').next().unwrap_or_default())
+}
+
+/// Whether a name has a `[` with no `]` after it, which PHP reads as `_` (`client[id` is
+/// `client_id`) where the layer reads the name before the bracket.
+pub(crate) fn has_unclosed_bracket(name: &[u8]) -> bool {
+    name.iter()
+        .rposition(|&b| b == b'[')
+        .is_some_and(|open| !name.iter().skip(open).any(|&b| b == b']'))
+}
+
 /// The first name that occurs more than once, if any.
 pub(crate) fn first_duplicate<'p>(params: &'p [Param<'_>]) -> Option<&'p str> {
     if params.len() <= 16 {

@@ -43,8 +43,10 @@ pub(crate) fn normalize(path: &str) -> String {
             .into_owned();
         decoded = Cow::Owned(again);
     }
-    if let Some(nul) = decoded.find('\0') {
-        decoded = Cow::Owned(decoded.get(..nul).unwrap_or_default().to_owned());
+    // Cut at a decoded NUL (C servers stop there) and at a decoded `?` or `#` (servers that
+    // decode the whole target before splitting off the query read `/token%3Fx` as `/token`).
+    if let Some(cut) = decoded.find(['\0', '?', '#']) {
+        decoded = Cow::Owned(decoded.get(..cut).unwrap_or_default().to_owned());
     }
     let slashed: Cow<'_, str> = if decoded.contains('\\') {
         Cow::Owned(decoded.replace('\\', "/"))
@@ -177,5 +179,20 @@ mod tests {
         assert!(is_irregular("/a/"));
         assert!(!is_irregular("/"));
         assert!(!is_irregular("/static/app.js"));
+    }
+
+    #[test]
+    fn a_decoded_query_or_fragment_mark_ends_the_path() {
+        // A server that decodes the whole target before splitting off the query routes these
+        // to the token endpoint (found in review).
+        for path in [
+            "/token%3F",
+            "/token%3fx=1",
+            "/Token%3Fx",
+            "/token%23",
+            "/token%253F",
+        ] {
+            assert!(matches(path, "/token"), "{path}");
+        }
     }
 }

@@ -73,7 +73,20 @@ pub(crate) fn body_format(content_type: Option<&HeaderValue>) -> Result<BodyForm
         return Ok(BodyFormat::Form);
     };
     let value = value.to_str().map_err(|_| Reason::UnsupportedContentType)?;
-    let essence = value.split(';').next().unwrap_or_default().trim();
+    let mut parts = value.split(';');
+    let essence = parts.next().unwrap_or_default().trim();
+    // A body in another charset (`ibm037`, `utf-16`) reads differently to an upstream that
+    // honours it: only charsets in which the parameters the layer reads are plain ASCII.
+    for parameter in parts {
+        let (name, charset) = parameter.split_once('=').unwrap_or((parameter, ""));
+        if name.trim().eq_ignore_ascii_case("charset") {
+            let charset = charset.trim().trim_matches('"');
+            let known = ["utf-8", "utf8", "us-ascii", "iso-8859-1", "latin1"];
+            if !known.iter().any(|k| charset.eq_ignore_ascii_case(k)) {
+                return Err(Reason::UnsupportedContentType);
+            }
+        }
+    }
     if essence.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
         Ok(BodyFormat::Form)
     } else if essence.eq_ignore_ascii_case("application/json")
@@ -144,7 +157,12 @@ pub(crate) fn parse_form(body: &[u8]) -> Result<TokenParams<'_>, Reason> {
         return Err(Reason::MalformedParameter);
     }
     let list: Vec<Param<'_>> = params::parse(body);
-    if list.iter().any(|p| !is_plain_name(&p.name)) {
+    // Names are plain as sent, without a `[...]` suffix either: PHP reads an unclosed `[` as
+    // `_` (`client[id` is `client_id`), and no token request needs brackets.
+    if list
+        .iter()
+        .any(|p| !std::str::from_utf8(&params::raw_name(body, p)).is_ok_and(is_plain_name))
+    {
         return Err(Reason::MalformedParameter);
     }
     if params::first_duplicate(&list).is_some() {
@@ -330,10 +348,42 @@ mod tests {
     }
 
     #[test]
+    fn only_ascii_compatible_charsets_are_read() {
+        let form = |ct: &'static str| body_format(Some(&HeaderValue::from_static(ct)));
+        for ok in [
+            "application/x-www-form-urlencoded",
+            "application/x-www-form-urlencoded; charset=UTF-8",
+            "application/x-www-form-urlencoded;charset=\"utf-8\"",
+            "application/x-www-form-urlencoded; charset=ISO-8859-1",
+            "application/json; charset=utf-8",
+        ] {
+            assert!(form(ok).is_ok(), "{ok}");
+        }
+        // An upstream honouring these reads other parameters than the layer (found in
+        // review: an IBM037 body hid a code grant behind a refresh grant).
+        for refused in [
+            "application/x-www-form-urlencoded; charset=ibm037",
+            "application/x-www-form-urlencoded; charset=utf-16",
+            "application/x-www-form-urlencoded; CHARSET=utf-7",
+            "application/json; charset=utf-32",
+        ] {
+            assert_eq!(
+                form(refused),
+                Err(Reason::UnsupportedContentType),
+                "{refused}"
+            );
+        }
+    }
+
+    #[test]
     fn refuses_bad_form_bodies() {
         let cases: &[(&[u8], Reason)] = &[
             (b"code=a&code=b", Reason::DuplicateParameter),
-            (b"code=a&code[]=b", Reason::DuplicateParameter),
+            (b"code=a&code[]=b", Reason::MalformedParameter),
+            // No brackets at all: PHP reads `client[id` as `client_id` (found in review).
+            (b"code=a&client[id=app", Reason::MalformedParameter),
+            (b"code[]=a", Reason::MalformedParameter),
+            (b"code=a&client_id%5B%5D=app", Reason::MalformedParameter),
             (
                 b"code_verifier=a&CODE_VERIFIER=b",
                 Reason::DuplicateParameter,

@@ -1119,6 +1119,21 @@ async fn a_live_handle_reused_with_other_parameters_is_refused() {
             expected,
         );
     }
+    // Requests the layer does not read as code flows may not use the handle either: the
+    // upstream's answer would end the victim's flow and carry the victim's state (found in
+    // review), or, from an upstream that defaults `response_type`, a code of the attacker's.
+    let same = authorize_query(CLIENT, REDIRECT, Some(&handle), Some(&pkce.challenge));
+    for query in [
+        same.replace("response_type=code", "response_type=token"),
+        same.replace("response_type=code&", ""),
+        same.replace("response_type=code", "response_type=code%09"),
+    ] {
+        assert_ne!(query, same);
+        assert_refused(
+            &app.send(get(&format!("/authorize?{query}"))).await,
+            Reason::HandleMismatch,
+        );
+    }
     // The same parameters re-enter, unwrapped.
     let again = app
         .send(get(&format!(
