@@ -643,9 +643,17 @@ async fn token_request_shapes() {
         ),
         (
             form_post("/token", &format!("{body}&code[]=other")),
-            Reason::DuplicateParameter,
+            Reason::MalformedParameter,
+        ),
+        (
+            form_post("/token", &format!("{body}&client[id=other")),
+            Reason::MalformedParameter,
         ),
         (with_ct("text/plain", &body), Reason::UnsupportedContentType),
+        (
+            with_ct("application/x-www-form-urlencoded; charset=ibm037", &body),
+            Reason::UnsupportedContentType,
+        ),
         (
             with_ct("multipart/form-data; boundary=x", &body),
             Reason::UnsupportedContentType,
