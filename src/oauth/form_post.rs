@@ -214,10 +214,15 @@ pub(crate) fn restore_state(html: &str, capture: &Capture, state: Option<&str>) 
     let Range { start, end } = capture.state_tag.clone();
     let mut out = String::with_capacity(html.len() + state.map_or(0, str::len) * 2);
     out.push_str(html.get(..start).unwrap_or_default());
-    if let Some(state) = state {
-        out.push_str(r#"<input type="hidden" name="state" value=""#);
-        out.push_str(&html_escape::encode_double_quoted_attribute(state));
-        out.push_str(r#""/>"#);
+    match state {
+        Some(state) => {
+            out.push_str(r#"<input type="hidden" name="state" value=""#);
+            out.push_str(&html_escape::encode_double_quoted_attribute(state));
+            out.push_str(r#""/>"#);
+        }
+        // An empty comment in place of the tag: removing it outright could join the text on
+        // either side into a new tag (`<` + `input name=state …>`, found by fuzzing).
+        None => out.push_str("<!---->"),
     }
     out.push_str(html.get(end..).unwrap_or_default());
     out
@@ -333,7 +338,22 @@ mod tests {
 
         let removed = restore_state(&html, &capture, None);
         assert!(!removed.contains("name=\"state\""), "{removed}");
-        assert_eq!(removed.len(), html.len() - capture.state_tag.len());
+        assert_eq!(
+            removed.len(),
+            html.len() - capture.state_tag.len() + "<!---->".len()
+        );
+
+        // Removing the tag never joins the text around it into a new `state` input.
+        let joined = format!(
+            r#"<form action="https://app.example/cb">x <<input name="state" value="{H}">input name="state" value="{H}"><input name="code" value="c1"></form>"#
+        );
+        let capture = super::capture(&joined).expect("one state input");
+        let removed = restore_state(&joined, &capture, None);
+        let states = tags(&removed)
+            .iter()
+            .filter(|t| t.attribute("name") == Some("state"))
+            .count();
+        assert_eq!(states, 0, "{removed}");
         let empty = restore_state(&html, &capture, Some(""));
         assert!(empty.contains(r#"name="state" value="""#));
     }
