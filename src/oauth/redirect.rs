@@ -135,15 +135,17 @@ pub(crate) fn restore_state(location: &str, capture: &Capture<'_>, state: Option
             format!("state={}", params::encode(state)).as_bytes(),
         ),
         None => {
-            // Remove the pair within its component only, then a separator left dangling.
-            let component_start = location
-                .get(..span.start)
-                .and_then(|head| head.rfind(['?', '#']))
-                .map_or(0, |i| i + 1);
-            let component_end = location
-                .get(span.end..)
-                .and_then(|tail| tail.find('#'))
-                .map_or(location.len(), |i| span.end + i);
+            // Remove the pair within its component only (the query runs from the first `?`
+            // to the first `#`, the fragment from there to the end, as `capture` reads them;
+            // a fragment may hold more `#` and `?`), then a separator left dangling.
+            let fragment_at = location.find('#');
+            let (component_start, component_end) = match fragment_at {
+                Some(f) if span.start > f => (f + 1, location.len()),
+                _ => (
+                    location.find('?').map_or(0, |q| q + 1),
+                    fragment_at.unwrap_or(location.len()),
+                ),
+            };
             let component = bytes
                 .get(component_start..component_end)
                 .unwrap_or_default();
@@ -171,6 +173,22 @@ mod tests {
     use super::*;
 
     const H: &str = "AAAAAAAAAAAAAAAAAAAAAA";
+
+    #[test]
+    fn removing_the_handle_keeps_a_fragment_that_holds_more_marks() {
+        // Found by fuzzing: the component was taken from the last `?` or `#` before the pair.
+        let h = "Qm9vdHN0cmFwSGFuZGxlMQ";
+        let location = format!("https://app.example/cb#x=a?#&code=c&state={h}");
+        let found = capture(&location).expect("a response in the fragment");
+        let restored = restore_state(&location, &found, None);
+        assert_eq!(restored, "https://app.example/cb#x=a?#&code=c");
+        let location = format!("https://app.example/cb#x=a?#&state={h}&code=c");
+        let found = capture(&location).expect("a response in the fragment");
+        assert_eq!(
+            restore_state(&location, &found, None),
+            "https://app.example/cb#x=a?#&code=c"
+        );
+    }
 
     proptest::proptest! {
         /// Any client state (visible ASCII, and beyond) comes back exactly, in a query or a
