@@ -428,28 +428,17 @@ async fn decide_authorize(
         }
         return Err(Reason::RequestObject);
     }
-    if let Some(state) = params
-        .state
-        .as_deref()
-        .filter(|s| redirect::is_handle(s.as_bytes()))
-    {
-        let live = shared
-            .store
-            .flow(StoreKey::for_handle(state))
-            .await
-            .map_err(|e| store_reason(&e))?;
-        if let Some(flow) = live {
-            if pushed {
-                // A pushed request never re-enters a flow: its state is the client's own.
-                return Err(Reason::HandleMismatch);
-            }
-            reentry_matches(&flow, params, config.allow_plain)?;
-            if params.response_mode.as_deref() == Some("form_post") {
-                shared.form_post.open(config.pending_ttl);
-            }
-            allow(shared, EP, client, Pass::Reentry, None);
-            return Ok(AuthorizeDecision::Unchanged);
+    if let Some(flow) = live_flow(shared, params).await? {
+        if pushed {
+            // A pushed request never re-enters a flow: its state is the client's own.
+            return Err(Reason::HandleMismatch);
         }
+        reentry_matches(&flow, params, config.allow_plain)?;
+        if params.response_mode.as_deref() == Some("form_post") {
+            shared.form_post.open(config.pending_ttl);
+        }
+        allow(shared, EP, client, Pass::Reentry, None);
+        return Ok(AuthorizeDecision::Unchanged);
     }
     let challenge = authorize::check_pkce(params, config.allow_plain, exempt)?;
     let pass = if challenge.is_some() {
@@ -497,9 +486,9 @@ async fn decide_parsed(
             // Not a code flow, but it may still try to use a live flow's handle: only a
             // matching code-flow request may (else it would end the flow and be handed the
             // flow's own state).
-            match live_handle(shared, &params).await {
-                Ok(false) => Ok((AuthorizeDecision::Unchanged, params)),
-                Ok(true) => Err((Reason::HandleMismatch, Some(params))),
+            match live_flow(shared, &params).await {
+                Ok(None) => Ok((AuthorizeDecision::Unchanged, params)),
+                Ok(Some(_)) => Err((Reason::HandleMismatch, Some(params))),
                 Err(reason) => Err((reason, Some(params))),
             }
         }
@@ -510,17 +499,21 @@ async fn decide_parsed(
     }
 }
 
-/// Whether the request's `state` is the handle of a live flow.
-async fn live_handle(shared: &Shared, params: &AuthorizeParams) -> Result<bool, Reason> {
+/// The live flow whose handle the request's `state` is, if any. Only a state of the handle's
+/// shape costs a store lookup.
+async fn live_flow(
+    shared: &Shared,
+    params: &AuthorizeParams,
+) -> Result<Option<PendingFlow>, Reason> {
     let Some(state) = params
         .state
         .as_deref()
         .filter(|s| redirect::is_handle(s.as_bytes()))
     else {
-        return Ok(false);
+        return Ok(None);
     };
     let flow = shared.store.flow(StoreKey::for_handle(state)).await;
-    flow.map(|f| f.is_some()).map_err(|e| store_reason(&e))
+    flow.map_err(|e| store_reason(&e))
 }
 
 /// The store key of a pushed request's record, beside the pending flows' handles.

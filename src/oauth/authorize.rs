@@ -109,14 +109,23 @@ pub(crate) fn parse(query: &[u8], body: Option<&[u8]>) -> Result<AuthorizeParams
 /// handle, or the pair appended when the request has no `state` there. Everything else is kept
 /// byte for byte, so the upstream reads the same request with only `state` changed.
 pub(crate) fn put_state(input: &[u8], span: Option<Range<usize>>, handle: &str) -> Vec<u8> {
-    let mut pair = Vec::with_capacity(6 + handle.len());
-    pair.extend_from_slice(b"state=");
-    pair.extend_from_slice(handle.as_bytes());
-    match span {
-        Some(span) => params::splice(input, span, &pair),
-        None if input.is_empty() => pair,
-        None => [input, b"&", &pair].concat(),
-    }
+    // The input around where the pair goes, and the separator before it.
+    let (head, separator, tail): (&[u8], &[u8], &[u8]) = match span {
+        Some(span) => (
+            input.get(..span.start).unwrap_or_default(),
+            b"",
+            input.get(span.end..).unwrap_or_default(),
+        ),
+        None if input.is_empty() => (b"", b"", b""),
+        None => (input, b"&", b""),
+    };
+    let mut out = Vec::with_capacity(input.len() + 7 + handle.len());
+    out.extend_from_slice(head);
+    out.extend_from_slice(separator);
+    out.extend_from_slice(b"state=");
+    out.extend_from_slice(handle.as_bytes());
+    out.extend_from_slice(tail);
+    out
 }
 
 /// Applies the PKCE policy: `Ok(Some(challenge))` for a valid challenge, `Ok(None)` for an

@@ -208,8 +208,8 @@ pub(crate) fn capture(html: &str) -> Option<Capture> {
     })
 }
 
-/// `html` with the `state` input carrying the client's own `state`, HTML-escaped, or removed
-/// when the client sent none.
+/// `html` with the `state` input carrying the client's own `state`, HTML-escaped, or an empty
+/// comment in its place when the client sent none.
 pub(crate) fn restore_state(html: &str, capture: &Capture, state: Option<&str>) -> String {
     let Range { start, end } = capture.state_tag.clone();
     let mut out = String::with_capacity(html.len() + state.map_or(0, str::len) * 2);
