@@ -68,6 +68,7 @@ use tokio::net::TcpListener;
 
 mod admin;
 mod config;
+mod pool;
 mod server;
 mod stats;
 mod upstream;

@@ -9,20 +9,18 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, Uri, Version};
+use http::uri::{PathAndQuery, Scheme};
+use http::{header, HeaderValue, Request, Response, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
 use super::config::Config;
+use super::pool::{Pool, PooledBody, SendError};
 use super::stats::UpstreamFailure;
 use super::Shared;
 use crate::PkceBody;
@@ -30,12 +28,10 @@ use crate::PkceBody;
 /// The body of a request on its way upstream.
 pub(crate) type UpstreamRequestBody = PkceBody<TimeoutBody<Incoming>>;
 /// The body of an upstream response, or of the 502 the proxy answers when it cannot connect.
-pub(crate) type UpstreamBody = Either<Incoming, Full<Bytes>>;
+pub(crate) type UpstreamBody = Either<PooledBody, Full<Bytes>>;
 
-type HttpsClient = Client<HttpsConnector<HttpConnector>, UpstreamRequestBody>;
-
-/// Builds the pooled client for `config.upstream`.
-pub(crate) fn client(config: &Config) -> io::Result<HttpsClient> {
+/// Builds the connection pool for `config.upstream`.
+fn pool(config: &Config) -> io::Result<Pool> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -47,14 +43,14 @@ pub(crate) fn client(config: &Config) -> io::Result<HttpsClient> {
         // HTTP/1.1 only: what legacy servers speak, and `Host` reaches them as sent.
         .enable_http1()
         .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        // Shorter than common server keep-alives (Apache's is 5 s), so the pool rarely hands out
-        // a connection the upstream is closing.
-        .pool_idle_timeout(Duration::from_secs(4))
-        .pool_max_idle_per_host(256)
-        .build(https))
+    Ok(Pool::new(
+        https,
+        config.upstream.clone(),
+        256,
+        // Shorter than common server keep-alives (Apache's is 5 s), so the pool rarely hands
+        // out a connection the upstream is closing.
+        Duration::from_secs(4),
+    ))
 }
 
 /// The roots an `https` upstream is checked against: the system's, the webpki set, and the
@@ -104,7 +100,7 @@ pub(crate) enum UpstreamError {
     /// No response headers within `--upstream-timeout`.
     Timeout,
     /// The exchange failed after the request may have been sent.
-    Failed(hyper_util::client::legacy::Error),
+    Failed(hyper::Error),
 }
 
 impl std::fmt::Display for UpstreamError {
@@ -128,9 +124,9 @@ impl std::error::Error for UpstreamError {
 /// The innermost service: sends a request to the upstream.
 #[derive(Clone)]
 pub(crate) struct Upstream {
-    client: HttpsClient,
-    scheme: Scheme,
-    authority: Authority,
+    pool: Arc<Pool>,
+    /// The upstream's authority, for the `Host` of a request that has none (HTTP/1.0).
+    host: HeaderValue,
     timeout: Duration,
     shared: Arc<Shared>,
 }
@@ -138,8 +134,7 @@ pub(crate) struct Upstream {
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Upstream")
-            .field("scheme", &self.scheme)
-            .field("authority", &self.authority)
+            .field("pool", &self.pool)
             .finish_non_exhaustive()
     }
 }
@@ -147,10 +142,10 @@ impl std::fmt::Debug for Upstream {
 impl Upstream {
     pub(crate) fn new(config: &Config, shared: Arc<Shared>) -> io::Result<Self> {
         let bad = || io::Error::new(io::ErrorKind::InvalidInput, "upstream URL");
+        let authority = config.upstream.authority().ok_or_else(bad)?;
         Ok(Self {
-            client: client(config)?,
-            scheme: config.upstream.scheme().cloned().ok_or_else(bad)?,
-            authority: config.upstream.authority().cloned().ok_or_else(bad)?,
+            pool: Arc::new(pool(config)?),
+            host: HeaderValue::from_str(authority.as_str()).map_err(|_| bad())?,
             timeout: config.upstream_timeout,
             shared,
         })
@@ -168,42 +163,34 @@ impl Service<Request<UpstreamRequestBody>> for Upstream {
     }
 
     fn call(&mut self, mut req: Request<UpstreamRequestBody>) -> Self::Future {
-        let path = req
-            .uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        // A cheap (shared-bytes) copy, so the path is classified only when an error needs it.
-        let target = path.clone();
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(self.scheme.clone());
-        parts.authority = Some(self.authority.clone());
-        parts.path_and_query = Some(path);
-        match Uri::from_parts(parts) {
-            Ok(uri) => *req.uri_mut() = uri,
-            Err(_) => {
-                let response = self.shared.error_response(
-                    self.shared.is_oauth(req.uri().path()),
-                    http::StatusCode::BAD_REQUEST,
-                    "invalid_request",
-                    "the request target is invalid",
-                );
-                return Box::pin(async move { Ok(response.map(Either::Right)) });
-            }
+        // Origin-form, as HTTP/1.1 wants it: an absolute-form target (or HTTP/2's scheme and
+        // authority) loses all but its path and query; the authority is in `Host` already.
+        if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+            let path = req
+                .uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/"));
+            *req.uri_mut() = Uri::from(path);
+        }
+        if !req.headers().contains_key(header::HOST) {
+            req.headers_mut().insert(header::HOST, self.host.clone());
         }
         // The legacy server is spoken to in HTTP/1.1 whatever the client spoke to the proxy.
         *req.version_mut() = Version::HTTP_11;
-        let sent = self.client.request(req);
+        let pool = self.pool.clone();
         let timeout = self.timeout;
         let shared = self.shared.clone();
         Box::pin(async move {
-            match tokio::time::timeout(timeout, sent).await {
+            // Kept (a cheap shared-bytes copy) so the path is classified only if an error needs it.
+            let target = req.uri().clone();
+            match tokio::time::timeout(timeout, pool.send(req)).await {
                 Ok(Ok(response)) => Ok(response.map(Either::Left)),
-                Ok(Err(e)) if e.is_connect() => {
+                Ok(Err(SendError::Connect(e))) => {
                     // Never delivered: safe to answer here, and the layer may undo a
                     // redemption on this non-2xx answer.
                     shared.stats.upstream_error(UpstreamFailure::Connect);
-                    tracing::warn!(target: "pkce_proxy", error = %ErrorChain(&e), "cannot connect to the upstream");
+                    tracing::warn!(target: "pkce_proxy", error = %ErrorChain(&*e), "cannot connect to the upstream");
                     let response = shared.error_response(
                         shared.is_oauth(target.path()),
                         http::StatusCode::BAD_GATEWAY,
@@ -212,7 +199,7 @@ impl Service<Request<UpstreamRequestBody>> for Upstream {
                     );
                     Ok(response.map(Either::Right))
                 }
-                Ok(Err(e)) => Err(UpstreamError::Failed(e)),
+                Ok(Err(SendError::Failed(e))) => Err(UpstreamError::Failed(e)),
                 Err(_) => Err(UpstreamError::Timeout),
             }
         })
