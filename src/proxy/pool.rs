@@ -285,3 +285,202 @@ impl std::fmt::Debug for PooledBody {
         f.debug_struct("PooledBody").finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::{BodyExt, Full};
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::PkceBody;
+
+    /// How the test upstream treats a connection after each response.
+    #[derive(Clone, Copy)]
+    enum After {
+        /// Keeps it open.
+        KeepAlive,
+        /// Closes it without saying so (no `Connection: close`), as a server whose keep-alive
+        /// timeout has passed does.
+        SilentClose,
+    }
+
+    /// A real HTTP/1.1 server on a socket that counts the connections it accepts and answers
+    /// every request with `200 ok <n>`; returns its address and the count.
+    async fn upstream(after: After) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let n = count.fetch_add(1, Ordering::SeqCst) + 1;
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |_req| async move {
+                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(
+                            format!("ok {n}"),
+                        ))))
+                    });
+                    let mut builder = hyper::server::conn::http1::Builder::new();
+                    builder.keep_alive(matches!(after, After::KeepAlive));
+                    if matches!(after, After::SilentClose) {
+                        // hyper would add `Connection: close`; answer by hand instead.
+                        let mut stream = stream;
+                        let mut buf = vec![0u8; 4096];
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        let _ = stream.read(&mut buf).await;
+                        let body = format!("ok {n}");
+                        let head =
+                            format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len());
+                        let _ = stream.write_all(head.as_bytes()).await;
+                        let _ = stream.write_all(body.as_bytes()).await;
+                        // Closed a little later: after the proxy has pooled the connection.
+                        tokio::time::sleep(Duration::from_millis(30)).await;
+                        return;
+                    }
+                    let _ = builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    fn pool_for(addr: std::net::SocketAddr, idle_timeout: Duration) -> Arc<Pool> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(
+                rustls::ClientConfig::builder_with_provider(Arc::new(
+                    rustls::crypto::ring::default_provider(),
+                ))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth(),
+            )
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let target: Uri = format!("http://{addr}/").parse().unwrap();
+        Arc::new(Pool::new(https, target, 4, idle_timeout))
+    }
+
+    fn get(addr: std::net::SocketAddr) -> Request<UpstreamRequestBody> {
+        Request::builder()
+            .uri("/x")
+            .header(http::header::HOST, addr.to_string())
+            .body(PkceBody::full(Bytes::new()))
+            .unwrap()
+    }
+
+    async fn body_of(response: Response<PooledBody>) -> String {
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn one_connection_serves_requests_in_sequence() {
+        let (addr, accepted) = upstream(After::KeepAlive).await;
+        let pool = pool_for(addr, Duration::from_secs(60));
+        for _ in 0..20 {
+            let response = pool.send(get(addr)).await.unwrap();
+            assert_eq!(body_of(response).await, "ok 1");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(pool.idle_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_get_connections_of_their_own_and_the_pool_keeps_at_most_max_idle()
+    {
+        let (addr, accepted) = upstream(After::KeepAlive).await;
+        let pool = pool_for(addr, Duration::from_secs(60));
+        // All eight hold their connection (their bodies unread) at the same time.
+        let mut held = Vec::new();
+        for _ in 0..8 {
+            held.push(pool.send(get(addr)).await.unwrap());
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 8);
+        for response in held {
+            assert!(body_of(response).await.starts_with("ok "));
+        }
+        assert_eq!(pool.idle_count(), 4, "max_idle is 4");
+        // The next ones reuse what was kept.
+        for _ in 0..4 {
+            body_of(pool.send(get(addr)).await.unwrap()).await;
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 8);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_upstream_closed_is_not_reused_and_no_request_fails() {
+        let (addr, accepted) = upstream(After::SilentClose).await;
+        let pool = pool_for(addr, Duration::from_secs(60));
+        for i in 1..=5 {
+            let response = pool.send(get(addr)).await.unwrap();
+            assert_eq!(body_of(response).await, format!("ok {i}"));
+            assert_eq!(
+                pool.idle_count(),
+                1,
+                "pooled while the upstream still has it open"
+            );
+            // Let the close reach this side before the next request.
+            tokio::time::sleep(Duration::from_millis(80)).await;
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 5);
+    }
+
+    #[tokio::test]
+    async fn a_connection_idle_past_the_timeout_is_replaced() {
+        let (addr, accepted) = upstream(After::KeepAlive).await;
+        let pool = pool_for(addr, Duration::from_millis(100));
+        body_of(pool.send(get(addr)).await.unwrap()).await;
+        body_of(pool.send(get(addr)).await.unwrap()).await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let response = pool.send(get(addr)).await.unwrap();
+        assert_eq!(body_of(response).await, "ok 2");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn the_reaper_closes_idle_connections() {
+        let (addr, _) = upstream(After::KeepAlive).await;
+        let pool = pool_for(addr, Duration::from_millis(50));
+        body_of(pool.send(get(addr)).await.unwrap()).await;
+        assert_eq!(pool.idle_count(), 1);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(pool.idle_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_before_its_end_takes_its_connection_with_it() {
+        let (addr, accepted) = upstream(After::KeepAlive).await;
+        let pool = pool_for(addr, Duration::from_secs(60));
+        let response = pool.send(get(addr)).await.unwrap();
+        assert!(!response.body().is_end_stream());
+        drop(response);
+        assert_eq!(pool.idle_count(), 0);
+        let response = pool.send(get(addr)).await.unwrap();
+        assert_eq!(body_of(response).await, "ok 2");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn no_upstream_is_a_connect_error() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let pool = pool_for(addr, Duration::from_secs(60));
+        assert!(matches!(
+            pool.send(get(addr)).await,
+            Err(SendError::Connect(_))
+        ));
+    }
+}
