@@ -71,7 +71,7 @@ pub(crate) struct Pool {
     connector: HttpsConnector<HttpConnector>,
     /// `scheme://authority/` of the upstream: what is connected to.
     target: Uri,
-    idle: Mutex<Vec<Conn>>,
+    idle: Mutex<Vec<Box<Conn>>>,
     max_idle: usize,
     idle_timeout: Duration,
     /// Whether the task that closes connections idle past `idle_timeout` runs.
@@ -115,29 +115,22 @@ impl Pool {
                 Some(conn) => (conn, true),
                 None => (self.connect().await.map_err(SendError::Connect)?, false),
             };
-            let mut connection = Some(conn.connection);
             let sent = conn.sender.try_send_request(req);
             let mut sent = std::pin::pin!(sent);
+            let mut open = true;
             let result = poll_fn(|cx| {
-                if let Some(c) = connection.as_mut() {
-                    if Pin::new(c).poll(cx).is_ready() {
-                        // The connection is over; the response (or its error) is in `sent`.
-                        connection = None;
-                    }
+                if open && Pin::new(&mut conn.connection).poll(cx).is_ready() {
+                    // The connection is over; the response (or its error) is in `sent`.
+                    open = false;
                 }
                 sent.as_mut().poll(cx)
             })
             .await;
             match result {
                 Ok(response) => {
-                    let held = connection.map(|connection| Conn {
-                        sender: conn.sender,
-                        connection,
-                        idle_since: Instant::now(),
-                    });
                     return Ok(response.map(|body| PooledBody {
                         body,
-                        conn: held,
+                        conn: open.then_some(conn),
                         pool: Arc::downgrade(self),
                     }));
                 }
@@ -155,7 +148,7 @@ impl Pool {
 
     /// An idle connection that is ready now, if there is one; the ones that are not are
     /// dropped (closed).
-    async fn take(&self) -> Option<Conn> {
+    async fn take(&self) -> Option<Box<Conn>> {
         loop {
             let mut conn = self.idle.lock().ok()?.pop()?;
             if conn.idle_since.elapsed() >= self.idle_timeout {
@@ -167,19 +160,23 @@ impl Pool {
         }
     }
 
-    async fn connect(self: &Arc<Self>) -> Result<Conn, Box<dyn std::error::Error + Send + Sync>> {
+    async fn connect(
+        self: &Arc<Self>,
+    ) -> Result<Box<Conn>, Box<dyn std::error::Error + Send + Sync>> {
         self.start_reaper();
         let io = self.connector.clone().call(self.target.clone()).await?;
         let (sender, connection) = http1::Builder::new().handshake(io).await?;
-        Ok(Conn {
+        // Boxed: a connection is big (its buffers), and the response body that carries it
+        // is moved several times on its way out.
+        Ok(Box::new(Conn {
             sender,
             connection,
             idle_since: Instant::now(),
-        })
+        }))
     }
 
     /// Puts a connection whose exchange is over back, unless the pool is full.
-    fn put(&self, mut conn: Conn) {
+    fn put(&self, mut conn: Box<Conn>) {
         conn.idle_since = Instant::now();
         if let Ok(mut idle) = self.idle.lock() {
             if idle.len() < self.max_idle {
@@ -201,7 +198,7 @@ impl Pool {
             loop {
                 tokio::time::sleep(every).await;
                 let Some(pool) = pool.upgrade() else { return };
-                let stale: Vec<Conn> = match pool.idle.lock() {
+                let stale: Vec<Box<Conn>> = match pool.idle.lock() {
                     Ok(mut idle) => {
                         let (stale, fresh) = std::mem::take(&mut *idle)
                             .into_iter()
@@ -229,7 +226,7 @@ pin_project! {
     pub(crate) struct PooledBody {
         #[pin]
         body: Incoming,
-        conn: Option<Conn>,
+        conn: Option<Box<Conn>>,
         pool: Weak<Pool>,
     }
 
@@ -244,7 +241,7 @@ pin_project! {
     }
 }
 
-fn give_back(conn: &mut Option<Conn>, pool: &Weak<Pool>) {
+fn give_back(conn: &mut Option<Box<Conn>>, pool: &Weak<Pool>) {
     if let (Some(conn), Some(pool)) = (conn.take(), pool.upgrade()) {
         pool.put(conn);
     }
