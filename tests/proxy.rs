@@ -64,6 +64,55 @@ async fn a_full_flow_then_the_resource_and_a_refresh() {
     assert_eq!(legacy.token_bodies.lock().unwrap().len(), 2);
 }
 
+/// The names of the process's threads.
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|task| std::fs::read_to_string(task.unwrap().path().join("comm")).unwrap())
+        .map(|name| name.trim().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn flows_complete_whichever_worker_each_connection_lands_on() {
+    let (legacy, upstream) = legacy().await;
+    let proxy = Proxy::start(upstream, &["--workers", "4"]).await;
+    if cfg!(target_os = "linux") {
+        let names = thread_names(proxy.child.id().unwrap());
+        let workers = names
+            .iter()
+            .filter(|n| n.starts_with("pkce-proxy-"))
+            .count();
+        assert_eq!(
+            workers, 3,
+            "three more worker threads besides the main one: {names:?}"
+        );
+    }
+    let base = proxy.url("");
+    // Each flow's authorize and token requests go over different connections (a new client
+    // each), which the kernel spreads over the four listening sockets: a flow recorded on one
+    // worker is finished on another, through the one store.
+    let flows: Vec<_> = (0..24)
+        .map(|_| {
+            let base = base.clone();
+            tokio::spawn(async move {
+                let (code, pkce) = new_code(&base).await;
+                let (status, body) = redeem(&base, &code, Some(&pkce.verifier)).await;
+                assert_eq!(status, StatusCode::OK, "{body}");
+                let (status, body) = redeem(&base, &code, Some(&pkce.verifier)).await;
+                assert_eq!(status, StatusCode::BAD_REQUEST, "a replay: {body}");
+                assert_eq!(body["error"], "invalid_grant");
+            })
+        })
+        .collect();
+    for flow in flows {
+        flow.await.unwrap();
+    }
+    assert_eq!(legacy.token_bodies.lock().unwrap().len(), 24);
+    let (status, log) = proxy.stop().await;
+    assert!(status.success(), "{status:?}\n{log}");
+}
+
 #[tokio::test]
 async fn attacks_are_refused_that_the_legacy_server_alone_would_allow() {
     let (_legacy, upstream) = legacy().await;
@@ -847,7 +896,15 @@ async fn at_the_connection_limit_new_clients_wait_for_a_free_slot() {
     let (_legacy, upstream) = legacy().await;
     let proxy = Proxy::start(
         upstream,
-        &["--max-connections", "2", "--header-timeout", "700ms"],
+        // The limit is the process's, whichever worker's socket a connection lands on.
+        &[
+            "--max-connections",
+            "2",
+            "--header-timeout",
+            "700ms",
+            "--workers",
+            "3",
+        ],
     )
     .await;
     let _hog1 = TcpStream::connect(proxy.addr).await.unwrap();

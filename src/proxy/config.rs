@@ -207,6 +207,11 @@ pub struct Config {
     /// Most client connections open at once; beyond it the proxy stops accepting until one
     /// closes.
     pub max_connections: usize,
+    /// Threads serving client connections, each with its own runtime, listening socket
+    /// (`SO_REUSEPORT`) and upstream connection pool, so a request never changes threads; `0`
+    /// is one per CPU. Used by [`main`](super::main); [`Proxy::serve`](super::Proxy::serve)
+    /// serves on the runtime it is called from.
+    pub workers: usize,
     /// How log lines are written.
     pub log_format: LogFormat,
 }
@@ -240,6 +245,7 @@ impl Config {
             shutdown_grace: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
             max_connections: 10_000,
+            workers: 0,
             log_format: LogFormat::Text,
         }
     }
@@ -318,7 +324,7 @@ impl Config {
         use std::fmt::Write as _;
         let mut out = String::new();
         let d = |d: Duration| humantime::format_duration(d).to_string();
-        let lines: [(&str, String); 25] = [
+        let lines: [(&str, String); 26] = [
             ("upstream", quoted(&self.upstream.to_string())),
             ("listen", quoted(&self.listen.to_string())),
             (
@@ -357,6 +363,7 @@ impl Config {
             ("shutdown_grace", quoted(&d(self.shutdown_grace))),
             ("idle_timeout", quoted(&d(self.idle_timeout))),
             ("max_connections", self.max_connections.to_string()),
+            ("workers", self.workers.to_string()),
             (
                 "log_format",
                 quoted(match self.log_format {
@@ -557,6 +564,10 @@ struct Args {
     /// Most client connections open at once [default: 10000].
     #[arg(long, env = "PKCE_PROXY_MAX_CONNECTIONS", value_name = "N")]
     max_connections: Option<usize>,
+    /// Threads serving client connections, each with its own listening socket; 0 is one per
+    /// CPU [default: 0].
+    #[arg(long, env = "PKCE_PROXY_WORKERS", value_name = "N")]
+    workers: Option<usize>,
     /// `text` or `json` [default: text]. `RUST_LOG` sets the filter (default `info`).
     #[arg(long, env = "PKCE_PROXY_LOG_FORMAT", value_name = "FORMAT")]
     log_format: Option<LogFormat>,
@@ -595,6 +606,7 @@ struct FileConfig {
     shutdown_grace: Option<String>,
     idle_timeout: Option<String>,
     max_connections: Option<usize>,
+    workers: Option<usize>,
     log_format: Option<LogFormat>,
     #[serde(default)]
     clients: BTreeMap<String, ClientConfig>,
@@ -755,6 +767,9 @@ fn merge(args: Args, file: FileConfig) -> Result<Config, ConfigError> {
             ));
         }
         config.max_connections = n;
+    }
+    if let Some(n) = args.workers.or(file.workers) {
+        config.workers = n;
     }
     if let Some(n) = args.max_pending.or(file.max_pending) {
         if n == 0 {

@@ -29,7 +29,11 @@
 //! - `Host` is kept. `X-Forwarded-For`, `-Proto` and `-Host` are set; the ones a client sent,
 //!   and `Forwarded` and `X-Real-IP`, are dropped unless `--trust-forwarded` (RFC 9700 §4.13).
 //! - Clients speak HTTP/1.1 or HTTP/2 (prior knowledge); the upstream is spoken to over
-//!   HTTP/1.1 from a keep-alive pool, or over TLS (rustls) with HTTP/2 where ALPN agrees.
+//!   HTTP/1.1 (plain or TLS, rustls) from a keep-alive pool.
+//! - The `pkce-proxy` binary serves on `--workers` threads (one per CPU by default), each with
+//!   its own current-thread runtime, listening socket (`SO_REUSEPORT`) and upstream pool: a
+//!   request is handled start to end on one thread. [`Proxy::serve`] serves on the runtime it
+//!   is called from.
 //! - Protocol upgrades (WebSocket) and `CONNECT` are not proxied.
 //! - `X-Original-URL` and `X-Rewrite-URL`, which some frameworks route by instead of the
 //!   request line, are always dropped: the layer classifies the request line.
@@ -108,6 +112,9 @@ pub(crate) struct Shared {
     trust_forwarded: bool,
     body_timeout: std::time::Duration,
     shutting_down: AtomicBool,
+    /// One permit per client connection that may be open (`--max-connections`), shared by
+    /// the workers.
+    connections: Arc<tokio::sync::Semaphore>,
 }
 
 impl Shared {
@@ -174,6 +181,12 @@ impl Proxy {
     /// is not one the `redis` crate reads. A Redis store is not connected here: the proxy
     /// starts without it, answers OAuth requests 503 and reports not ready until it answers.
     pub async fn bind(config: Config) -> io::Result<Self> {
+        Self::bind_with(config, false).await
+    }
+
+    /// [`bind`](Self::bind), with `SO_REUSEPORT` on the listener when other worker threads
+    /// are to listen on the same address.
+    async fn bind_with(config: Config, reuse_port: bool) -> io::Result<Self> {
         let (layer, store) = config
             .layer_and_store()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
@@ -184,9 +197,15 @@ impl Proxy {
             trust_forwarded: config.trust_forwarded,
             body_timeout: config.body_timeout,
             shutting_down: AtomicBool::new(false),
+            connections: Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
         });
         let upstream = upstream::Upstream::new(&config, shared.clone())?;
-        let listener = TcpListener::bind(config.listen).await.map_err(|e| {
+        let listener = if reuse_port {
+            reuse_port_listener(config.listen)
+        } else {
+            TcpListener::bind(config.listen).await
+        }
+        .map_err(|e| {
             io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen))
         })?;
         let admin =
@@ -244,6 +263,100 @@ impl Proxy {
             let _ = task.await;
         }
         result
+    }
+}
+
+impl Proxy {
+    /// Starts `workers - 1` more worker threads besides the caller's, each with its own
+    /// current-thread runtime, its own listening socket on the proxy's address (the kernel
+    /// spreads connections over them) and its own upstream pool, serving until `stopped` turns
+    /// true. A request is handled start to end on the thread that accepted its connection,
+    /// with no hand-off between threads. The proxy's listener must have been bound with
+    /// `SO_REUSEPORT`. Returns when every worker listens; each receiver says how one ended.
+    async fn start_workers(
+        &self,
+        workers: usize,
+        stopped: &tokio::sync::watch::Receiver<bool>,
+    ) -> io::Result<Vec<tokio::sync::oneshot::Receiver<io::Result<()>>>> {
+        let addr = self.local_addr();
+        let mut finished = Vec::new();
+        for i in 1..workers {
+            let config = self.config.clone();
+            let shared = self.shared.clone();
+            let upstream = self.upstream.with_own_pool();
+            let mut stopped = stopped.clone();
+            let (listening, started) = tokio::sync::oneshot::channel::<io::Result<()>>();
+            let (done, ended) = tokio::sync::oneshot::channel::<io::Result<()>>();
+            let worker = move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        let _ = listening.send(Err(e));
+                        return;
+                    }
+                };
+                let served = runtime.block_on(async move {
+                    let listener = match reuse_port_listener(addr) {
+                        Ok(listener) => listener,
+                        Err(e) => {
+                            let _ = listening.send(Err(e));
+                            return Ok(());
+                        }
+                    };
+                    let _ = listening.send(Ok(()));
+                    let stop = async move {
+                        let _ = stopped.wait_for(|s| *s).await;
+                    };
+                    server::serve(&config, listener, shared, upstream, stop).await
+                });
+                let _ = done.send(served);
+            };
+            std::thread::Builder::new()
+                .name(format!("pkce-proxy-{i}"))
+                .spawn(worker)?;
+            match started.await {
+                Ok(Ok(())) => finished.push(ended),
+                Ok(Err(e)) => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("worker {i} cannot listen on {addr}: {e}"),
+                    ))
+                }
+                Err(_) => return Err(io::Error::other(format!("worker {i} did not start"))),
+            }
+        }
+        Ok(finished)
+    }
+}
+
+/// A listening socket on `addr` that other sockets can share (`SO_REUSEPORT`): each worker
+/// thread has one, and the kernel spreads incoming connections over them.
+fn reuse_port_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    #[cfg(unix)]
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// How many worker threads `workers` (the setting) means: `0` is one per CPU. Where there is
+/// no `SO_REUSEPORT`, one.
+fn worker_count(workers: usize) -> usize {
+    if cfg!(unix) {
+        match workers {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        }
+    } else {
+        1
     }
 }
 
@@ -321,7 +434,9 @@ where
     // default provider: ring, as for the upstream.
     #[cfg(feature = "redis")]
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // One current-thread runtime per worker (this thread is the first): see `start_workers`.
+    let workers = worker_count(config.workers);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
@@ -333,7 +448,16 @@ where
     };
     let served = runtime.block_on(async move {
         let shutdown = shutdown_signal();
-        let proxy = Proxy::bind(config).await?;
+        let proxy = Proxy::bind_with(config, workers > 1).await?;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let others = match proxy.start_workers(workers, &stopped).await {
+            Ok(others) => others,
+            Err(e) => {
+                // The ones that did start stop.
+                let _ = stop.send(true);
+                return Err(e);
+            }
+        };
         // Printed, not logged: scripts wait for this line whatever the log settings. A closed
         // standard output is no reason to stop.
         let mut out = io::stdout();
@@ -347,6 +471,7 @@ where
             upstream = %proxy.config.upstream,
             mode = ?proxy.config.mode,
             store = %proxy.config.store,
+            workers,
             "pkce-proxy started"
         );
         // Connect to the store now rather than on the first login, and say if it is down.
@@ -356,7 +481,19 @@ where
                 tracing::error!(target: "pkce_proxy", error = %e, "the store does not answer; OAuth requests get 503 until it does");
             }
         });
-        proxy.serve(shutdown).await
+        let served = proxy
+            .serve(async move {
+                shutdown.await;
+                let _ = stop.send(true);
+            })
+            .await;
+        // The other workers drain within the same grace period.
+        for ended in others {
+            if let Ok(Err(e)) = ended.await {
+                tracing::error!(target: "pkce_proxy", error = %e, "a worker failed");
+            }
+        }
+        served
     });
     match served {
         Ok(()) => ExitCode::SUCCESS,

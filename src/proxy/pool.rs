@@ -71,6 +71,8 @@ pub(crate) struct Pool {
     connector: HttpsConnector<HttpConnector>,
     /// `scheme://authority/` of the upstream: what is connected to.
     target: Uri,
+    // Boxed on purpose: a connection moves between the pool and a response body as a pointer.
+    #[allow(clippy::vec_box)]
     idle: Mutex<Vec<Box<Conn>>>,
     max_idle: usize,
     idle_timeout: Duration,
@@ -102,6 +104,17 @@ impl Pool {
             idle_timeout,
             reaper: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// An empty pool to the same upstream, with the same settings: one per worker thread, so
+    /// a connection is only ever used from the runtime that opened it.
+    pub(crate) fn empty_copy(&self) -> Self {
+        Self::new(
+            self.connector.clone(),
+            self.target.clone(),
+            self.max_idle,
+            self.idle_timeout,
+        )
     }
 
     /// Sends `req` (origin-form target, `Host` set) and waits for the response head, on a

@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch};
 use tower_service::Service;
 
 use super::config::Config;
@@ -50,7 +50,7 @@ pub(crate) async fn serve(
         .max_concurrent_streams(256)
         .max_header_list_size(64 * 1024)
         .keep_alive_interval(Some(Duration::from_secs(30)));
-    let permits = Arc::new(Semaphore::new(config.max_connections));
+    let permits = shared.connections.clone();
     let (stop, stopped) = watch::channel(false);
     // Every connection task holds a sender; when all are gone, every connection is closed.
     let (alive, mut all_closed) = mpsc::channel::<()>(1);
@@ -62,14 +62,16 @@ pub(crate) async fn serve(
     let mut last_accept_warning: Option<Instant> = None;
     loop {
         // At the connection limit, stop accepting (the kernel's backlog holds the rest) until
-        // a connection closes; idle ones are closed by `limits`.
-        let permit = tokio::select! {
-            permit = permits.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
+        // a connection closes; idle ones are closed by `limits`. The permits are shared by
+        // the workers: one waits for a free one before it accepts, and takes it after, so no
+        // worker holds a permit while its backlog is empty.
+        tokio::select! {
+            permit = permits.acquire() => match permit {
+                Ok(permit) => drop(permit),
                 Err(_) => break,
             },
             () = &mut shutdown => break,
-        };
+        }
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -85,6 +87,17 @@ pub(crate) async fn serve(
                 }
             },
             () = &mut shutdown => break,
+        };
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            // Another worker took the free one meanwhile: this connection waits for the next.
+            Err(_) => tokio::select! {
+                permit = permits.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+                () = &mut shutdown => break,
+            },
         };
         let _ = stream.set_nodelay(true);
         shared.stats.connection_accepted();

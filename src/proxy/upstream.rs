@@ -152,6 +152,16 @@ impl Upstream {
     }
 }
 
+impl Upstream {
+    /// The same upstream with a connection pool of its own, for another worker thread.
+    pub(crate) fn with_own_pool(&self) -> Self {
+        Self {
+            pool: Arc::new(self.pool.empty_copy()),
+            ..self.clone()
+        }
+    }
+}
+
 impl Service<Request<UpstreamRequestBody>> for Upstream {
     type Response = Response<UpstreamBody>;
     type Error = UpstreamError;
