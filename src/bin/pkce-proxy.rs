@@ -2,9 +2,6 @@
 //!
 //! `pkce-proxy --upstream http://127.0.0.1:9000`; `pkce-proxy --help` lists the settings.
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> std::process::ExitCode {
     tower_pkce::proxy::main(std::env::args_os())
 }
