@@ -269,14 +269,14 @@ impl Proxy {
 impl Proxy {
     /// Starts `workers - 1` more worker threads besides the caller's, each with its own
     /// current-thread runtime, its own listening socket on the proxy's address (the kernel
-    /// spreads connections over them) and its own upstream pool, serving until `stopped` turns
-    /// true. A request is handled start to end on the thread that accepted its connection,
+    /// spreads connections over them) and its own upstream pool, serving until `stopped` says
+    /// [`Phase::Stopping`]; a worker's runtime ends at [`Phase::Released`]. A request is handled start to end on the thread that accepted its connection,
     /// with no hand-off between threads. The proxy's listener must have been bound with
     /// `SO_REUSEPORT`. Returns when every worker listens; each receiver says how one ended.
     async fn start_workers(
         &self,
         workers: usize,
-        stopped: &tokio::sync::watch::Receiver<bool>,
+        stopped: &tokio::sync::watch::Receiver<Phase>,
     ) -> io::Result<Vec<tokio::sync::oneshot::Receiver<io::Result<()>>>> {
         let addr = self.local_addr();
         let mut finished = Vec::new();
@@ -298,21 +298,25 @@ impl Proxy {
                         return;
                     }
                 };
-                let served = runtime.block_on(async move {
+                runtime.block_on(async move {
                     let listener = match reuse_port_listener(addr) {
                         Ok(listener) => listener,
                         Err(e) => {
                             let _ = listening.send(Err(e));
-                            return Ok(());
+                            return;
                         }
                     };
                     let _ = listening.send(Ok(()));
+                    let mut released = stopped.clone();
                     let stop = async move {
-                        let _ = stopped.wait_for(|s| *s).await;
+                        let _ = stopped.wait_for(|s| *s >= Phase::Stopping).await;
                     };
-                    server::serve(&config, listener, shared, upstream, stop).await
+                    let served = server::serve(&config, listener, shared, upstream, stop).await;
+                    let _ = done.send(served);
+                    // This runtime may run tasks others still need while they drain (the
+                    // Redis connection's, if it reconnected here): it ends with the last.
+                    let _ = released.wait_for(|s| *s == Phase::Released).await;
                 });
-                let _ = done.send(served);
             };
             std::thread::Builder::new()
                 .name(format!("pkce-proxy-{i}"))
@@ -330,6 +334,16 @@ impl Proxy {
         }
         Ok(finished)
     }
+}
+
+/// Where the workers are in a shutdown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
+    Serving,
+    /// Stop accepting and drain.
+    Stopping,
+    /// Every worker has drained: their runtimes may end.
+    Released,
 }
 
 /// A listening socket on `addr` that other sockets can share (`SO_REUSEPORT`): each worker
@@ -449,12 +463,13 @@ where
     let served = runtime.block_on(async move {
         let shutdown = shutdown_signal();
         let proxy = Proxy::bind_with(config, workers > 1).await?;
-        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let (stop, stopped) = tokio::sync::watch::channel(Phase::Serving);
+        let stop = Arc::new(stop);
         let others = match proxy.start_workers(workers, &stopped).await {
             Ok(others) => others,
             Err(e) => {
                 // The ones that did start stop.
-                let _ = stop.send(true);
+                let _ = stop.send(Phase::Released);
                 return Err(e);
             }
         };
@@ -481,10 +496,11 @@ where
                 tracing::error!(target: "pkce_proxy", error = %e, "the store does not answer; OAuth requests get 503 until it does");
             }
         });
+        let stopping = stop.clone();
         let served = proxy
             .serve(async move {
                 shutdown.await;
-                let _ = stop.send(true);
+                let _ = stopping.send(Phase::Stopping);
             })
             .await;
         // The other workers drain within the same grace period.
@@ -493,6 +509,7 @@ where
                 tracing::error!(target: "pkce_proxy", error = %e, "a worker failed");
             }
         }
+        let _ = stop.send(Phase::Released);
         served
     });
     match served {

@@ -41,7 +41,8 @@ type Connection = http1::Connection<Io, UpstreamRequestBody>;
 /// holds it polls.
 struct Conn {
     sender: Sender,
-    connection: Connection,
+    /// `None` once it has ended: dropping it hands back a request still queued on it.
+    connection: Option<Connection>,
     /// When it went back to the pool.
     idle_since: Instant,
 }
@@ -49,12 +50,33 @@ struct Conn {
 impl Conn {
     /// Whether the connection can take a request now, without waiting. Polls it once, so
     /// whatever it still had to do for the previous exchange is done first.
+    ///
+    /// A `true` here can still be wrong (the upstream may close the connection the moment
+    /// after, or tokio's cooperative budget may have kept the socket from being read):
+    /// [`Pool::send`] copes with a request the connection then hands back unwritten.
     fn ready_now(&mut self, cx: &mut Context<'_>) -> bool {
-        if Pin::new(&mut self.connection).poll(cx).is_ready() {
-            // Closed by the upstream, or failed.
+        if !self.drive(cx) {
             return false;
         }
         matches!(self.sender.poll_ready(cx), Poll::Ready(Ok(())))
+    }
+
+    /// Polls the connection; drops it once it has ended (closed by the upstream, or failed).
+    /// Returns whether it is still open.
+    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
+        if let Some(connection) = self.connection.as_mut() {
+            if Pin::new(connection).poll(cx).is_ready() {
+                self.connection = None;
+            }
+        }
+        self.connection.is_some()
+    }
+
+    /// Whether the exchange on it is over and it can take the next request: open, and not
+    /// still sending a request body the upstream answered before reading (an early `401` or
+    /// `413` during an upload).
+    fn reusable(&self) -> bool {
+        self.connection.is_some() && self.sender.is_ready()
     }
 }
 
@@ -131,20 +153,20 @@ impl Pool {
             };
             let sent = conn.sender.try_send_request(req);
             let mut sent = std::pin::pin!(sent);
-            let mut open = true;
             let result = poll_fn(|cx| {
-                if open && Pin::new(&mut conn.connection).poll(cx).is_ready() {
-                    // The connection is over; the response (or its error) is in `sent`.
-                    open = false;
-                }
+                // Once the connection has ended it is dropped, which completes `sent`: with
+                // the response, with an error, or with the request back if it was never
+                // written.
+                conn.drive(cx);
                 sent.as_mut().poll(cx)
             })
             .await;
             match result {
                 Ok(response) => {
+                    let conn = conn.connection.is_some().then_some(conn);
                     return Ok(response.map(|body| PooledBody {
                         body,
-                        conn: open.then_some(conn),
+                        conn,
                         pool: Arc::downgrade(self),
                     }));
                 }
@@ -184,13 +206,16 @@ impl Pool {
         // is moved several times on its way out.
         Ok(Box::new(Conn {
             sender,
-            connection,
+            connection: Some(connection),
             idle_since: Instant::now(),
         }))
     }
 
-    /// Puts a connection whose exchange is over back, unless the pool is full.
+    /// Puts a connection back if its exchange is over, unless the pool is full.
     fn put(&self, mut conn: Box<Conn>) {
+        if !conn.reusable() {
+            return;
+        }
         conn.idle_since = Instant::now();
         if let Ok(mut idle) = self.idle.lock() {
             if idle.len() < self.max_idle {
@@ -210,7 +235,8 @@ impl Pool {
         let every = self.idle_timeout;
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(every).await;
+                // Every half timeout, so none stays more than 1.5 timeouts.
+                tokio::time::sleep(every / 2).await;
                 let Some(pool) = pool.upgrade() else { return };
                 let stale: Vec<Box<Conn>> = match pool.idle.lock() {
                     Ok(mut idle) => {
@@ -271,12 +297,17 @@ impl Body for PooledBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.project();
         if let Some(conn) = this.conn.as_mut() {
-            if Pin::new(&mut conn.connection).poll(cx).is_ready() {
+            if !conn.drive(cx) {
                 *this.conn = None;
             }
         }
         let frame = this.body.poll_frame(cx);
         if let Poll::Ready(None) = frame {
+            // Once more, so the connection finishes the exchange (and asks for the next
+            // request) before it is judged reusable.
+            if let Some(conn) = this.conn.as_mut() {
+                conn.drive(cx);
+            }
             give_back(this.conn, this.pool);
         }
         frame
@@ -317,16 +348,26 @@ mod tests {
         SilentClose,
     }
 
+    /// The test upstream: where it listens, how many connections it accepted and closed, and
+    /// the signal that closes a `SilentClose` connection.
+    struct Upstream {
+        addr: std::net::SocketAddr,
+        accepted: Arc<AtomicUsize>,
+        closed: Arc<AtomicUsize>,
+        close_now: Arc<tokio::sync::Notify>,
+    }
+
     /// A real HTTP/1.1 server on a socket that counts the connections it accepts and answers
-    /// every request with `200 ok <n>`; returns its address, the count, and how many
-    /// connections it has closed.
-    async fn upstream(after: After) -> (std::net::SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    /// every request with `200 ok <n>`.
+    async fn upstream(after: After) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
         let count = accepted.clone();
         let closed = Arc::new(AtomicUsize::new(0));
         let closes = closed.clone();
+        let close_now = Arc::new(tokio::sync::Notify::new());
+        let close_signal = close_now.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -334,6 +375,7 @@ mod tests {
                 };
                 let n = count.fetch_add(1, Ordering::SeqCst) + 1;
                 let closes = closes.clone();
+                let close_signal = close_signal.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |_req| async move {
                         Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(
@@ -353,8 +395,9 @@ mod tests {
                             format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len());
                         let _ = stream.write_all(head.as_bytes()).await;
                         let _ = stream.write_all(body.as_bytes()).await;
-                        // Closed a little later: after the proxy has pooled the connection.
-                        tokio::time::sleep(Duration::from_millis(30)).await;
+                        // Closed when the test says: after the pool has taken the connection
+                        // back.
+                        close_signal.notified().await;
                         drop(stream);
                         closes.fetch_add(1, Ordering::SeqCst);
                         return;
@@ -365,7 +408,12 @@ mod tests {
                 });
             }
         });
-        (addr, accepted, closed)
+        Upstream {
+            addr,
+            accepted,
+            closed,
+            close_now,
+        }
     }
 
     fn pool_for(addr: std::net::SocketAddr, idle_timeout: Duration) -> Arc<Pool> {
@@ -403,7 +451,7 @@ mod tests {
 
     #[tokio::test]
     async fn one_connection_serves_requests_in_sequence() {
-        let (addr, accepted, _) = upstream(After::KeepAlive).await;
+        let Upstream { addr, accepted, .. } = upstream(After::KeepAlive).await;
         let pool = pool_for(addr, Duration::from_secs(60));
         for _ in 0..20 {
             let response = pool.send(get(addr)).await.unwrap();
@@ -416,7 +464,7 @@ mod tests {
     #[tokio::test]
     async fn concurrent_requests_get_connections_of_their_own_and_the_pool_keeps_at_most_max_idle()
     {
-        let (addr, accepted, _) = upstream(After::KeepAlive).await;
+        let Upstream { addr, accepted, .. } = upstream(After::KeepAlive).await;
         let pool = pool_for(addr, Duration::from_secs(60));
         // All eight hold their connection (their bodies unread) at the same time.
         let mut held = Vec::new();
@@ -437,7 +485,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_the_upstream_closed_is_not_reused_and_no_request_fails() {
-        let (addr, accepted, closed) = upstream(After::SilentClose).await;
+        let Upstream {
+            addr,
+            accepted,
+            closed,
+            close_now,
+        } = upstream(After::SilentClose).await;
         let pool = pool_for(addr, Duration::from_secs(60));
         for i in 1..=5 {
             let response = pool.send(get(addr)).await.unwrap();
@@ -447,6 +500,7 @@ mod tests {
                 1,
                 "pooled while the upstream still has it open"
             );
+            close_now.notify_one();
             // The next request only once the upstream has closed this connection (and the
             // FIN, on loopback, has arrived).
             let deadline = Instant::now() + Duration::from_secs(5);
@@ -461,12 +515,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_idle_past_the_timeout_is_replaced() {
-        let (addr, accepted, _) = upstream(After::KeepAlive).await;
-        let pool = pool_for(addr, Duration::from_millis(100));
+        let Upstream { addr, accepted, .. } = upstream(After::KeepAlive).await;
+        let pool = pool_for(addr, Duration::from_millis(500));
         body_of(pool.send(get(addr)).await.unwrap()).await;
         body_of(pool.send(get(addr)).await.unwrap()).await;
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        tokio::time::sleep(Duration::from_millis(800)).await;
         let response = pool.send(get(addr)).await.unwrap();
         assert_eq!(body_of(response).await, "ok 2");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
@@ -474,7 +528,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_reaper_closes_idle_connections() {
-        let (addr, _, _) = upstream(After::KeepAlive).await;
+        let Upstream { addr, .. } = upstream(After::KeepAlive).await;
         let pool = pool_for(addr, Duration::from_millis(50));
         body_of(pool.send(get(addr)).await.unwrap()).await;
         assert_eq!(pool.idle_count(), 1);
@@ -484,7 +538,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_dropped_before_its_end_takes_its_connection_with_it() {
-        let (addr, accepted, _) = upstream(After::KeepAlive).await;
+        let Upstream { addr, accepted, .. } = upstream(After::KeepAlive).await;
         let pool = pool_for(addr, Duration::from_secs(60));
         let response = pool.send(get(addr)).await.unwrap();
         assert!(!response.body().is_end_stream());
@@ -493,6 +547,67 @@ mod tests {
         let response = pool.send(get(addr)).await.unwrap();
         assert_eq!(body_of(response).await, "ok 2");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    /// A server that reads a request head, answers at once without reading the body, and
+    /// keeps the connection open.
+    async fn answers_before_reading_the_body() -> std::net::SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n")
+                        .await;
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_connection_still_sending_a_body_the_upstream_answered_early_is_not_pooled() {
+        let addr = answers_before_reading_the_body().await;
+        let pool = pool_for(addr, Duration::from_secs(60));
+        // Far more than the socket buffers hold, so the upload is still going when the 413
+        // has been read to its end.
+        let upload = Request::builder()
+            .method(http::Method::POST)
+            .uri("/upload")
+            .header(http::header::HOST, addr.to_string())
+            .body(PkceBody::full(Bytes::from(vec![b'x'; 64 << 20])))
+            .unwrap();
+        let response = pool.send(upload).await.unwrap();
+        assert_eq!(response.status(), http::StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(body_of(response).await, "");
+        assert_eq!(pool.idle_count(), 0, "mid-upload: not reusable");
+    }
+
+    #[tokio::test]
+    async fn an_upstream_that_closes_new_connections_at_once_is_an_error_not_a_hang() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                drop(stream);
+            }
+        });
+        let pool = pool_for(addr, Duration::from_secs(60));
+        for _ in 0..20 {
+            let sent = tokio::time::timeout(Duration::from_secs(5), pool.send(get(addr))).await;
+            assert!(matches!(sent, Ok(Err(_))), "an error, at once");
+        }
     }
 
     #[tokio::test]

@@ -64,7 +64,9 @@ pub(crate) async fn serve(
         // At the connection limit, stop accepting (the kernel's backlog holds the rest) until
         // a connection closes; idle ones are closed by `limits`. The permits are shared by
         // the workers: one waits for a free one before it accepts, and takes it after, so no
-        // worker holds a permit while its backlog is empty.
+        // worker holds a permit while its backlog is empty. When one permit frees, several
+        // waiting workers may accept: all but one then hold their connection, unserved, until
+        // the next permit frees (at most `workers - 1` such connections).
         tokio::select! {
             permit = permits.acquire() => match permit {
                 Ok(permit) => drop(permit),
