@@ -270,9 +270,10 @@ impl Proxy {
     /// Starts `workers - 1` more worker threads besides the caller's, each with its own
     /// current-thread runtime, its own listening socket on the proxy's address (the kernel
     /// spreads connections over them) and its own upstream pool, serving until `stopped` says
-    /// [`Phase::Stopping`]; a worker's runtime ends at [`Phase::Released`]. A request is handled start to end on the thread that accepted its connection,
-    /// with no hand-off between threads. The proxy's listener must have been bound with
-    /// `SO_REUSEPORT`. Returns when every worker listens; each receiver says how one ended.
+    /// [`Phase::Stopping`]; a worker's runtime ends at [`Phase::Released`]. A request is
+    /// handled start to end on the thread that accepted its connection, with no hand-off
+    /// between threads. The proxy's listener must have been bound with `SO_REUSEPORT`.
+    /// Returns when every worker listens; each receiver says how one ended.
     async fn start_workers(
         &self,
         workers: usize,
@@ -464,7 +465,6 @@ where
         let shutdown = shutdown_signal();
         let proxy = Proxy::bind_with(config, workers > 1).await?;
         let (stop, stopped) = tokio::sync::watch::channel(Phase::Serving);
-        let stop = Arc::new(stop);
         let others = match proxy.start_workers(workers, &stopped).await {
             Ok(others) => others,
             Err(e) => {
