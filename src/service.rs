@@ -91,14 +91,15 @@ pub(crate) enum Endpoint {
 
 pub(crate) fn classify(shared: &Shared, path: &str) -> Endpoint {
     let config = &shared.config;
-    if path::matches(path, &config.token_path) {
+    let prepared = path::Prepared::new(path);
+    if prepared.is(&config.token_path) {
         Endpoint::Token
-    } else if path::matches(path, &config.authorize_path) {
+    } else if prepared.is(&config.authorize_path) {
         Endpoint::Authorize
     } else if config
         .par_path
         .as_deref()
-        .is_some_and(|par| path::matches(path, par))
+        .is_some_and(|par| prepared.is(par))
     {
         Endpoint::Par
     } else if path.contains('%')

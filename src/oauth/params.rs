@@ -19,20 +19,22 @@ pub(crate) struct Param<'a> {
 /// Decodes one form-encoded component: `+` is a space, `%XX` a byte. An invalid escape is kept
 /// literally, as most servers do.
 pub(crate) fn decode(raw: &[u8]) -> Cow<'_, [u8]> {
-    let has_plus = raw.contains(&b'+');
-    if !has_plus && !raw.contains(&b'%') {
+    let Some(first) = memchr::memchr2(b'+', b'%', raw) else {
         return Cow::Borrowed(raw);
-    }
-    let spaced: Cow<'_, [u8]> = if has_plus {
-        Cow::Owned(
-            raw.iter()
-                .map(|&b| if b == b'+' { b' ' } else { b })
-                .collect(),
-        )
-    } else {
-        Cow::Borrowed(raw)
     };
-    let decoded: Vec<u8> = percent_encoding::percent_decode(&spaced).collect();
+    let spaced: Cow<'_, [u8]> =
+        if memchr::memchr(b'+', raw.get(first..).unwrap_or_default()).is_some() {
+            Cow::Owned(
+                raw.iter()
+                    .map(|&b| if b == b'+' { b' ' } else { b })
+                    .collect(),
+            )
+        } else {
+            Cow::Borrowed(raw)
+        };
+    // Decoding never lengthens: one allocation.
+    let mut decoded = Vec::with_capacity(spaced.len());
+    decoded.extend(percent_encoding::percent_decode(&spaced));
     Cow::Owned(decoded)
 }
 
@@ -40,11 +42,12 @@ pub(crate) fn decode(raw: &[u8]) -> Cow<'_, [u8]> {
 /// without regard to case), and without a bracket suffix (`client_id[]`, `code[0]`), since
 /// express, PHP and Rails read those as the bare name.
 fn normalize_name(raw: &[u8]) -> Cow<'_, str> {
-    if let Cow::Borrowed(bytes) = decode(raw) {
-        let plain = !bytes.iter().any(|&b| b == b'[' || b.is_ascii_uppercase());
-        if let (true, Ok(name)) = (plain, std::str::from_utf8(bytes)) {
-            return Cow::Borrowed(name);
-        }
+    // The usual name (`client_id`) needs nothing: one pass tells.
+    let plain = raw
+        .iter()
+        .all(|&b| b.is_ascii() && !matches!(b, b'+' | b'%' | b'[') && !b.is_ascii_uppercase());
+    if let (true, Ok(name)) = (plain, std::str::from_utf8(raw)) {
+        return Cow::Borrowed(name);
     }
     let decoded = decode(raw);
     let cut = decoded
@@ -57,15 +60,19 @@ fn normalize_name(raw: &[u8]) -> Cow<'_, str> {
 
 /// Splits a form-encoded input into its parameters. Empty pairs (`a=1&&b=2`) are skipped.
 pub(crate) fn parse(input: &[u8]) -> Vec<Param<'_>> {
-    let mut params = Vec::new();
+    // One allocation: there are at most as many parameters as `&`s plus one.
+    let mut params = Vec::with_capacity(memchr::memchr_iter(b'&', input).count() + 1);
     let mut start = 0;
-    for piece in input.split(|&b| b == b'&') {
-        let span = start..start + piece.len();
-        start = span.end + 1;
+    while start <= input.len() {
+        let rest = input.get(start..).unwrap_or_default();
+        let end = memchr::memchr(b'&', rest).map_or(input.len(), |i| start + i);
+        let span = start..end;
+        start = end + 1;
+        let piece = input.get(span.clone()).unwrap_or_default();
         if piece.is_empty() {
             continue;
         }
-        let (raw_name, raw_value) = match piece.iter().position(|&b| b == b'=') {
+        let (raw_name, raw_value) = match memchr::memchr(b'=', piece) {
             Some(eq) => (
                 piece.get(..eq).unwrap_or_default(),
                 piece.get(eq + 1..).unwrap_or_default(),

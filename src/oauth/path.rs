@@ -9,14 +9,17 @@
 
 use std::borrow::Cow;
 
-/// Whether `path` could need more than a case-insensitive comparison.
+/// Whether `path` could need more than a case-insensitive comparison. One pass.
 fn is_irregular(path: &str) -> bool {
     let bytes = path.as_bytes();
-    bytes.iter().any(|&b| matches!(b, b'%' | b';' | b'\\'))
-        || path.contains("//")
-        || path.contains("/.")
-        || (bytes.len() > 1 && bytes.last() == Some(&b'/'))
-        || bytes.first() != Some(&b'/')
+    let mut previous = 0u8;
+    for &b in bytes {
+        if matches!(b, b'%' | b';' | b'\\') || (previous == b'/' && matches!(b, b'/' | b'.')) {
+            return true;
+        }
+        previous = b;
+    }
+    (bytes.len() > 1 && previous == b'/') || bytes.first() != Some(&b'/')
 }
 
 /// The last segment without a `.suffix` (a segment that starts with `.` is kept whole).
@@ -86,14 +89,38 @@ pub(crate) fn normalize(path: &str) -> String {
     out
 }
 
+/// A request path made ready to be compared with several endpoints: the irregularity check,
+/// and the normalization an irregular path needs, are done once.
+pub(crate) enum Prepared<'a> {
+    /// A regular path, without its `.suffix`: compared case-insensitively.
+    Regular(&'a str),
+    /// An irregular path, [`normalize`]d.
+    Normalized(String),
+}
+
+impl<'a> Prepared<'a> {
+    pub(crate) fn new(path: &'a str) -> Self {
+        if is_irregular(path) {
+            Self::Normalized(normalize(path))
+        } else {
+            Self::Regular(strip_suffix(path))
+        }
+    }
+
+    /// Whether the path names the endpoint whose [`normalize`]d path is `target`.
+    pub(crate) fn is(&self, target: &str) -> bool {
+        match self {
+            Self::Regular(path) => path.eq_ignore_ascii_case(target),
+            Self::Normalized(path) => path == target,
+        }
+    }
+}
+
 /// Whether the request path `path` names the endpoint whose [`normalize`]d path is `target`.
 /// Allocation-free unless the path is irregular.
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) fn matches(path: &str, target: &str) -> bool {
-    if is_irregular(path) {
-        normalize(path) == target
-    } else {
-        strip_suffix(path).eq_ignore_ascii_case(target)
-    }
+    Prepared::new(path).is(target)
 }
 
 #[cfg(test)]

@@ -149,7 +149,12 @@ impl Pool {
         loop {
             let (mut conn, reused) = match self.take().await {
                 Some(conn) => (conn, true),
-                None => (self.connect().await.map_err(SendError::Connect)?, false),
+                // Boxed: connecting is rare, and its future (TLS included) would otherwise
+                // make every request's future several kilobytes larger.
+                None => (
+                    Box::pin(self.connect()).await.map_err(SendError::Connect)?,
+                    false,
+                ),
             };
             let sent = conn.sender.try_send_request(req);
             let mut sent = std::pin::pin!(sent);
