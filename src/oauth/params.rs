@@ -19,37 +19,63 @@ pub(crate) struct Param<'a> {
 /// Decodes one form-encoded component: `+` is a space, `%XX` a byte. An invalid escape is kept
 /// literally, as most servers do.
 pub(crate) fn decode(raw: &[u8]) -> Cow<'_, [u8]> {
-    let Some(first) = memchr::memchr2(b'+', b'%', raw) else {
+    let escaped = raw.iter().fold(Escapes::NONE, |e, &b| e.see(b));
+    decode_with(raw, escaped)
+}
+
+/// Which escapes a component holds, found while it was scanned.
+#[derive(Clone, Copy)]
+struct Escapes(u8);
+
+impl Escapes {
+    const NONE: Self = Self(0);
+    const PLUS: u8 = 1;
+    const PERCENT: u8 = 2;
+
+    fn see(self, b: u8) -> Self {
+        match b {
+            b'+' => Self(self.0 | Self::PLUS),
+            b'%' => Self(self.0 | Self::PERCENT),
+            _ => self,
+        }
+    }
+}
+
+/// [`decode`], told by the caller's scan which escapes `raw` holds.
+fn decode_with(raw: &[u8], escaped: Escapes) -> Cow<'_, [u8]> {
+    if escaped.0 == 0 {
         return Cow::Borrowed(raw);
-    };
-    let spaced: Cow<'_, [u8]> =
-        if memchr::memchr(b'+', raw.get(first..).unwrap_or_default()).is_some() {
-            Cow::Owned(
-                raw.iter()
-                    .map(|&b| if b == b'+' { b' ' } else { b })
-                    .collect(),
-            )
-        } else {
-            Cow::Borrowed(raw)
-        };
+    }
     // Decoding never lengthens: one allocation.
-    let mut decoded = Vec::with_capacity(spaced.len());
-    decoded.extend(percent_encoding::percent_decode(&spaced));
+    let mut decoded = Vec::with_capacity(raw.len());
+    if escaped.0 & Escapes::PLUS == 0 {
+        decoded.extend(percent_encoding::percent_decode(raw));
+    } else {
+        // `+` first: `%2B` stays a plus.
+        let spaced: Vec<u8> = raw
+            .iter()
+            .map(|&b| if b == b'+' { b' ' } else { b })
+            .collect();
+        decoded.extend(percent_encoding::percent_decode(&spaced));
+    }
     Cow::Owned(decoded)
 }
 
 /// The name a parameter is read under: decoded, ASCII-lowercased (some servers match names
 /// without regard to case), and without a bracket suffix (`client_id[]`, `code[0]`), since
 /// express, PHP and Rails read those as the bare name.
-fn normalize_name(raw: &[u8]) -> Cow<'_, str> {
-    // The usual name (`client_id`) needs nothing: one pass tells.
-    let plain = raw
-        .iter()
-        .all(|&b| b.is_ascii() && !matches!(b, b'+' | b'%' | b'[') && !b.is_ascii_uppercase());
-    if let (true, Ok(name)) = (plain, std::str::from_utf8(raw)) {
-        return Cow::Borrowed(name);
+fn normalize_name(raw: &[u8], escaped: Escapes) -> Cow<'_, str> {
+    // The usual name (`client_id`) needs nothing.
+    if escaped.0 == 0
+        && raw
+            .iter()
+            .all(|&b| b.is_ascii() && b != b'[' && !b.is_ascii_uppercase())
+    {
+        if let Ok(name) = std::str::from_utf8(raw) {
+            return Cow::Borrowed(name);
+        }
     }
-    let decoded = decode(raw);
+    let decoded = decode_with(raw, escaped);
     let cut = decoded
         .iter()
         .position(|&b| b == b'[')
@@ -58,33 +84,65 @@ fn normalize_name(raw: &[u8]) -> Cow<'_, str> {
     Cow::Owned(String::from_utf8_lossy(head).to_ascii_lowercase())
 }
 
+/// The bytes [`parse`] stops at: `&`, `=`, `+` and `%`.
+// Built at compile time: an index out of range would fail the build, not panic.
+#[allow(clippy::indexing_slicing)]
+static SPECIAL: [bool; 256] = {
+    let mut table = [false; 256];
+    table[b'&' as usize] = true;
+    table[b'=' as usize] = true;
+    table[b'+' as usize] = true;
+    table[b'%' as usize] = true;
+    table
+};
+
 /// Splits a form-encoded input into its parameters. Empty pairs (`a=1&&b=2`) are skipped.
+///
+/// One pass over the input finds the pairs, each pair's first `=`, and which escapes its name
+/// and value hold, so unescaped components (most) are borrowed without another look.
 pub(crate) fn parse(input: &[u8]) -> Vec<Param<'_>> {
-    // One allocation: there are at most as many parameters as `&`s plus one.
-    let mut params = Vec::with_capacity(memchr::memchr_iter(b'&', input).count() + 1);
+    let mut params = Vec::with_capacity(8);
     let mut start = 0;
-    while start <= input.len() {
-        let rest = input.get(start..).unwrap_or_default();
-        let end = memchr::memchr(b'&', rest).map_or(input.len(), |i| start + i);
-        let span = start..end;
-        start = end + 1;
-        let piece = input.get(span.clone()).unwrap_or_default();
-        if piece.is_empty() {
-            continue;
+    let mut eq: Option<usize> = None;
+    let mut name_escapes = Escapes::NONE;
+    let mut value_escapes = Escapes::NONE;
+    let mut push = |span: Range<usize>, eq: Option<usize>, name_escapes, value_escapes| {
+        let pair = input.get(span.clone()).unwrap_or_default();
+        if pair.is_empty() {
+            return;
         }
-        let (raw_name, raw_value) = match memchr::memchr(b'=', piece) {
+        let (raw_name, raw_value) = match eq {
             Some(eq) => (
-                piece.get(..eq).unwrap_or_default(),
-                piece.get(eq + 1..).unwrap_or_default(),
+                input.get(span.start..eq).unwrap_or_default(),
+                input.get(eq + 1..span.end).unwrap_or_default(),
             ),
-            None => (piece, &b""[..]),
+            None => (pair, &b""[..]),
         };
         params.push(Param {
-            name: normalize_name(raw_name),
-            value: decode(raw_value),
+            name: normalize_name(raw_name, name_escapes),
+            value: decode_with(raw_value, value_escapes),
             span,
         });
+    };
+    for (i, &b) in input.iter().enumerate() {
+        // Most bytes are none of the four that matter: one table lookup tells.
+        if !SPECIAL.get(usize::from(b)).copied().unwrap_or(true) {
+            continue;
+        }
+        match b {
+            b'&' => {
+                push(start..i, eq, name_escapes, value_escapes);
+                start = i + 1;
+                eq = None;
+                name_escapes = Escapes::NONE;
+                value_escapes = Escapes::NONE;
+            }
+            b'=' if eq.is_none() => eq = Some(i),
+            _ if eq.is_none() => name_escapes = name_escapes.see(b),
+            _ => value_escapes = value_escapes.see(b),
+        }
     }
+    push(start..input.len(), eq, name_escapes, value_escapes);
     params
 }
 
