@@ -32,8 +32,9 @@ for tool in valgrind callgrind_control wrk; do
     command -v "$tool" >/dev/null || die "$tool is missing (apt-get install -y valgrind wrk)"
 done
 [ -x "$NGINX" ] || die "nginx is missing (apt-get install -y nginx)"
-[ -f "$WORKDIR/upstream/nginx.conf" ] && [ -f "$WORKDIR/pairs.lua" ] \
-    || die "$WORKDIR is not a work directory left by run.sh"
+if [ ! -f "$WORKDIR/upstream/nginx.conf" ] || [ ! -f "$WORKDIR/pairs.lua" ]; then
+    die "$WORKDIR is not a work directory left by run.sh"
+fi
 [ -x "$PROXY_BIN" ] || die "no pkce-proxy at $PROXY_BIN (run run.sh first, or set LOAD_PROXY_BIN)"
 
 PIDS=()
@@ -87,7 +88,7 @@ for scenario in "${SCENARIOS[@]}"; do
     wait "$proxy" 2>/dev/null || true
     ops=$(sed -n 's/^RESULT .* completed=\([0-9]*\).*/\1/p' "$WORKDIR/callgrind.wrk.$scenario")
     refused=$(sed -n 's/^RESULT .* refused=\([0-9]*\).*/\1/p' "$WORKDIR/callgrind.wrk.$scenario")
-    [ -n "$ops" ] && [ "$ops" -gt 0 ] || die "no completed $scenario operations"
+    if [ -z "$ops" ] || [ "$ops" -eq 0 ]; then die "no completed $scenario operations"; fi
     [ "$refused" = 0 ] || die "$refused $scenario operations were refused"
     instructions=$(cat "$out".* | sed -n 's/^totals: \([0-9]*\).*/\1/p' | awk '{ s += $1 } END { print s + 0 }')
     printf '%s: %d operations, %d instructions, %d instructions per operation\n' \
