@@ -405,8 +405,9 @@ fn error_response(shared: &Shared, oauth: bool, error: &UpstreamError) -> Respon
 }
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), and `Upgrade`.
-/// `Connection` must stay first: see [`strip_hop_by_hop`].
-const HOP_BY_HOP: [HeaderName; 9] = [
+/// `Connection` must stay first: see [`strip_hop_by_hop`]. A `static`, not a `const`: a
+/// `const` array would be built and dropped again at every use.
+static HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -437,7 +438,7 @@ fn protected(name: &str) -> bool {
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let mut present = 0u16;
     for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+        if let Some(i) = hop_by_hop_index(name.as_str()) {
             present |= 1 << i;
         }
     }
@@ -466,13 +467,34 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Where a (lowercase) header name is in [`HOP_BY_HOP`]. A `match` on the name: one length
+/// switch and at most a few comparisons, where comparing with each entry would cost nine.
+fn hop_by_hop_index(name: &str) -> Option<usize> {
+    Some(match name {
+        "connection" => 0,
+        "keep-alive" => 1,
+        "proxy-connection" => 2,
+        "proxy-authenticate" => 3,
+        "proxy-authorization" => 4,
+        "te" => 5,
+        "trailer" => 6,
+        "transfer-encoding" => 7,
+        "upgrade" => 8,
+        _ => return None,
+    })
+}
+
 /// Removes the headers a `Connection` value names, except the protected ones.
 fn remove_named(headers: &mut HeaderMap, connection: &HeaderValue) {
     let Ok(value) = connection.to_str() else {
         return;
     };
     for name in value.split(',').map(str::trim) {
-        if !name.is_empty() && !protected(name) {
+        // `keep-alive` and the other hop-by-hop names are removed by the caller when present.
+        let hop_by_hop = HOP_BY_HOP
+            .iter()
+            .any(|h| h.as_str().eq_ignore_ascii_case(name));
+        if !name.is_empty() && !hop_by_hop && !protected(name) {
             // By `&str`: parsed on the stack, and a token that is no header name removes
             // nothing.
             headers.remove(name);
@@ -561,6 +583,16 @@ fn drop_matching(headers: &mut HeaderMap, spoofable: impl Fn(&HeaderName) -> boo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_hop_by_hop_match_agrees_with_the_table() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_index(name.as_str()), Some(i), "{name}");
+        }
+        for name in ["host", "content-length", "connections", "x-keep-alive", ""] {
+            assert_eq!(hop_by_hop_index(name), None, "{name}");
+        }
+    }
 
     #[test]
     fn hop_by_hop_headers_go_including_the_named_ones() {
