@@ -323,12 +323,14 @@ fn is_form_or_untyped(headers: &HeaderMap) -> bool {
 }
 
 fn with_query(uri: &Uri, query: &[u8]) -> Option<Uri> {
-    let query = std::str::from_utf8(query).ok()?;
-    let path_and_query = if query.is_empty() {
-        uri.path().to_owned()
-    } else {
-        format!("{}?{query}", uri.path())
-    };
+    std::str::from_utf8(query).ok()?;
+    let path = uri.path().as_bytes();
+    let mut path_and_query = Vec::with_capacity(path.len() + 1 + query.len());
+    path_and_query.extend_from_slice(path);
+    if !query.is_empty() {
+        path_and_query.push(b'?');
+        path_and_query.extend_from_slice(query);
+    }
     let mut parts = uri.clone().into_parts();
     parts.path_and_query = Some(PathAndQuery::try_from(path_and_query).ok()?);
     Uri::from_parts(parts).ok()

@@ -66,8 +66,13 @@ pub(crate) fn parse(query: &[u8], body: Option<&[u8]>) -> Result<AuthorizeParams
         return Err(Reason::ParameterInQueryAndBody);
     }
     let unclosed = |input: &[u8], list: &[Param<'_>]| {
-        list.iter()
-            .any(|p| params::has_unclosed_bracket(&params::raw_name(input, p)))
+        list.iter().any(|p| {
+            // Only a name with a `[`, or an escape that may decode to one, needs decoding.
+            let pair = input.get(p.span.clone()).unwrap_or_default();
+            let name = pair.split(|&b| b == b'=').next().unwrap_or_default();
+            name.iter().any(|&b| b == b'[' || b == b'%')
+                && params::has_unclosed_bracket(&params::raw_name(input, p))
+        })
     };
     if unclosed(query, &query_params) || unclosed(body.unwrap_or_default(), &body_params) {
         return Err(Reason::MalformedParameter);
