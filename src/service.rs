@@ -137,9 +137,35 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let endpoint = classify(&self.layer.shared, req.uri().path());
+        self.call_for(req, endpoint)
+    }
+}
+
+impl<S> Pkce<S> {
+    /// [`Service::call`] for a request already classified, so a caller that needed the
+    /// endpoint itself (pkce-proxy, for its metrics) does not have it worked out twice.
+    /// `endpoint` must be `classify` of the request's path.
+    pub(crate) fn call_for<ReqBody, ResBody>(
+        &mut self,
+        mut req: Request<ReqBody>,
+        endpoint: Endpoint,
+    ) -> ResponseFuture<S::Future, ResBody, S::Error>
+    where
+        S: Service<Request<PkceBody<ReqBody>>, Response = Response<ResBody>>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+        ReqBody: Body<Data = Bytes> + Send + 'static,
+        ReqBody::Error: Into<BoxError>,
+        ResBody: Body<Data = Bytes> + Send + 'static,
+        ResBody::Error: Into<BoxError>,
+    {
         let shared = &self.layer.shared;
-        match classify(shared, req.uri().path()) {
+        match endpoint {
             Endpoint::Other => ResponseFuture::inner(
                 self.inner.call(req.map(PkceBody::new)),
                 shared.clone(),

@@ -319,7 +319,8 @@ impl Front {
         let req = req.map(|body| TimeoutBody::new(body, shared.body_timeout));
         // `Upstream` is always ready; the contract is kept all the same.
         let result = match std::future::poll_fn(|cx| self.pkce.poll_ready(cx)).await {
-            Ok(()) => self.pkce.call(req).await,
+            // Classified above: the layer need not work the endpoint out again.
+            Ok(()) => self.pkce.call_for(req, endpoint).await,
             Err(e) => Err(e),
         };
         let response = match result {
