@@ -208,50 +208,96 @@ impl Activity {
 
 /// Drives one connection; closes it gracefully when it idles past its limit or the proxy
 /// shuts down.
+///
+/// The connection task wakes several times per request (the request arrives, the upstream
+/// answers, the response is written). The idle timer and the stop signal are therefore each
+/// polled once to register the task's waker, and after that only when they may be ready (the
+/// timer has fired, a stop value was sent), not at every wake as `select!` would.
 async fn watch_connection<C>(
     connection: C,
     activity: Arc<Activity>,
     limits: Limits,
-    mut stopped: watch::Receiver<bool>,
+    stopped: watch::Receiver<bool>,
 ) where
     C: Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>> + GracefulClose,
 {
     let mut connection = std::pin::pin!(connection);
+    // A cheap look at whether a stop value was sent; `stop` is what waits for it.
+    let mut probe = stopped.clone();
+    let mut stop = std::pin::pin!(stop_signal(stopped));
+    let mut stop_registered = false;
     let mut closing = false;
     // A peer that never acknowledges the HTTP/2 GOAWAY's ping keeps a gracefully closing
     // connection open: after this long, it is dropped.
     let mut drop_at: Option<Instant> = None;
+    // While requests are in flight, look again after the idle limit.
+    let first = activity
+        .deadline(limits)
+        .unwrap_or_else(|| Instant::now() + limits.idle);
+    let mut timer = std::pin::pin!(tokio::time::sleep_until(first.into()));
+    // Whether the timer was polled since it was last set (so it will wake the task), and
+    // whether it has nothing left to do (closing on a stop signal: no idle limit, no drop).
+    let mut timer_registered = false;
+    let mut timer_done = false;
+    std::future::poll_fn(|cx| loop {
+        if let std::task::Poll::Ready(result) = connection.as_mut().poll(cx) {
+            if let Err(e) = result {
+                tracing::debug!(target: "pkce_proxy", error = %ErrorChain(&*e), "connection ended with an error");
+            }
+            return std::task::Poll::Ready(());
+        }
+        if !closing && (!stop_registered || probe.has_changed().unwrap_or(true)) {
+            probe.borrow_and_update();
+            stop_registered = true;
+            if stop.as_mut().poll(cx).is_ready() {
+                connection.as_mut().close_gracefully();
+                closing = true;
+                if drop_at.is_none() {
+                    timer_done = true;
+                }
+                // The connection acts on the close when polled again.
+                continue;
+            }
+        }
+        if timer_done || (timer_registered && !timer.is_elapsed()) {
+            return std::task::Poll::Pending;
+        }
+        timer_registered = true;
+        if timer.as_mut().poll(cx).is_pending() {
+            return std::task::Poll::Pending;
+        }
+        // The timer fired.
+        let now = Instant::now();
+        if drop_at.is_some() {
+            tracing::debug!(target: "pkce_proxy", "dropping a connection that did not close");
+            return std::task::Poll::Ready(());
+        }
+        let next = match activity.deadline(limits) {
+            Some(deadline) if deadline <= now => {
+                tracing::debug!(target: "pkce_proxy", "closing an idle connection");
+                connection.as_mut().close_gracefully();
+                closing = true;
+                let at = now + limits.first_request;
+                drop_at = Some(at);
+                at
+            }
+            Some(deadline) => deadline,
+            None => now + limits.idle,
+        };
+        timer.as_mut().reset(next.into());
+        timer_registered = false;
+    })
+    .await;
+}
+
+/// Resolves once the proxy is stopping: `true` is sent, or the sender is gone.
+async fn stop_signal(mut stopped: watch::Receiver<bool>) {
     loop {
-        // While requests are in flight, look again after the idle limit.
-        let wake = activity
-            .deadline(limits)
-            .unwrap_or_else(|| Instant::now() + limits.idle);
-        let hard = drop_at.unwrap_or(wake);
-        tokio::select! {
-            () = tokio::time::sleep_until(hard.into()), if drop_at.is_some() => {
-                tracing::debug!(target: "pkce_proxy", "dropping a connection that did not close");
-                return;
-            }
-            result = connection.as_mut() => {
-                if let Err(e) = result {
-                    tracing::debug!(target: "pkce_proxy", error = %ErrorChain(&*e), "connection ended with an error");
-                }
-                return;
-            }
-            changed = stopped.changed(), if !closing => {
-                if changed.is_err() || *stopped.borrow() {
-                    connection.as_mut().close_gracefully();
-                    closing = true;
-                }
-            }
-            () = tokio::time::sleep_until(wake.into()), if !closing => {
-                if activity.deadline(limits).is_some_and(|d| d <= Instant::now()) {
-                    tracing::debug!(target: "pkce_proxy", "closing an idle connection");
-                    connection.as_mut().close_gracefully();
-                    closing = true;
-                    drop_at = Some(Instant::now() + limits.first_request);
-                }
-            }
+        if *stopped.borrow_and_update() {
+            return;
+        }
+        if stopped.changed().await.is_err() {
+            return;
         }
     }
 }
