@@ -704,6 +704,56 @@ async fn admin_endpoints_report_health_and_decisions() {
         .contains("pkce_decisions_total"));
 }
 
+/// A client that hangs up while its request is with the upstream does not cancel the
+/// exchange: the proxy finishes it (its duration is recorded, nothing counts as an upstream
+/// error) and drops the answer. Without hyper's `half_close`, the proxy noticed the hang-up and
+/// dropped the request half-way, so nothing was recorded.
+#[tokio::test]
+async fn a_client_hanging_up_mid_request_does_not_cancel_the_exchange() {
+    let (_legacy, upstream) = legacy().await;
+    let proxy = Proxy::start(upstream, &["--admin-listen", "127.0.0.1:0"]).await;
+    let count = "pkce_proxy_request_duration_seconds_count{endpoint=\"other\"}";
+    let metrics = || async {
+        reqwest::get(proxy.admin_url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let before = metrics().await;
+    assert!(
+        before.lines().any(|l| l == format!("{count} 0")),
+        "{before}"
+    );
+
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"GET /slow?ms=400 HTTP/1.1\r\nHost: legacy\r\n\r\n")
+        .await
+        .unwrap();
+    // Let the request reach the upstream, then hang up before the answer.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(stream);
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = metrics().await;
+        if now.lines().any(|l| l == format!("{count} 1")) {
+            for kind in ["timeout", "connect", "failed"] {
+                let line = format!("pkce_proxy_upstream_errors_total{{kind=\"{kind}\"}} 0");
+                assert!(now.lines().any(|l| l == line), "{line} in\n{now}");
+            }
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the exchange was not finished after the client hung up:\n{now}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn sigterm_lets_in_flight_requests_finish() {
     let (_legacy, upstream) = legacy().await;
