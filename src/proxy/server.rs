@@ -249,7 +249,7 @@ async fn watch_connection<C>(
         if !closing && (!stop_registered || probe.has_changed().unwrap_or(true)) {
             probe.borrow_and_update();
             stop_registered = true;
-            if stop.as_mut().poll(cx).is_ready() {
+            if poll_unconstrained(stop.as_mut(), cx).is_ready() {
                 connection.as_mut().close_gracefully();
                 closing = true;
                 if drop_at.is_none() {
@@ -263,7 +263,7 @@ async fn watch_connection<C>(
             return std::task::Poll::Pending;
         }
         timer_registered = true;
-        if timer.as_mut().poll(cx).is_pending() {
+        if poll_unconstrained(timer.as_mut(), cx).is_pending() {
             return std::task::Poll::Pending;
         }
         // The timer fired.
@@ -288,6 +288,18 @@ async fn watch_connection<C>(
         timer_registered = false;
     })
     .await;
+}
+
+/// Polls `future` with tokio's cooperative budget lifted. Out of budget, a tokio timer or
+/// channel asks to be polled again instead of registering the task's waker; `watch_connection`
+/// polls those only once to register, so they must register whatever the budget.
+fn poll_unconstrained<F: Future>(
+    mut future: std::pin::Pin<&mut F>,
+    cx: &mut std::task::Context<'_>,
+) -> std::task::Poll<F::Output> {
+    let unconstrained =
+        tokio::task::unconstrained(std::future::poll_fn(|cx| future.as_mut().poll(cx)));
+    std::pin::pin!(unconstrained).poll(cx)
 }
 
 /// Resolves once the proxy is stopping: `true` is sent, or the sender is gone.
@@ -630,6 +642,90 @@ fn drop_matching(headers: &mut HeaderMap, spoofable: impl Fn(&HeaderName) -> boo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A connection that, on its first poll, uses up the task's cooperative budget, and then
+    /// only waits to be closed.
+    struct BudgetEater {
+        first: bool,
+        closed: Arc<AtomicBool>,
+    }
+
+    impl Future for BudgetEater {
+        type Output = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+        fn poll(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Self::Output> {
+            if self.closed.load(Ordering::Relaxed) {
+                return std::task::Poll::Ready(Ok(()));
+            }
+            if std::mem::take(&mut self.first) {
+                loop {
+                    let spend = std::pin::pin!(tokio::task::consume_budget());
+                    if spend.poll(cx).is_pending() {
+                        break;
+                    }
+                }
+            }
+            std::task::Poll::Pending
+        }
+    }
+
+    impl GracefulClose for BudgetEater {
+        fn close_gracefully(self: std::pin::Pin<&mut Self>) {
+            self.closed.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// The idle timer and the stop signal are polled only once to register; out of budget,
+    /// tokio would not register them, and an idle connection would never be closed.
+    #[tokio::test]
+    async fn an_idle_connection_is_closed_even_if_its_task_ran_out_of_budget() {
+        let closed = Arc::new(AtomicBool::new(false));
+        let connection = BudgetEater {
+            first: true,
+            closed: closed.clone(),
+        };
+        let limits = Limits {
+            first_request: Duration::from_millis(100),
+            idle: Duration::from_millis(100),
+        };
+        let (_stop, stopped) = watch::channel(false);
+        let watched = watch_connection(connection, Arc::new(Activity::new()), limits, stopped);
+        tokio::time::timeout(Duration::from_secs(5), watched)
+            .await
+            .expect("the idle connection was never closed");
+        assert!(closed.load(Ordering::Relaxed));
+    }
+
+    #[tokio::test]
+    async fn a_stop_reaches_a_connection_whose_task_ran_out_of_budget() {
+        let closed = Arc::new(AtomicBool::new(false));
+        let connection = BudgetEater {
+            first: true,
+            closed: closed.clone(),
+        };
+        // No idle limit to speak of: only the stop can close it.
+        let limits = Limits {
+            first_request: Duration::from_secs(3600),
+            idle: Duration::from_secs(3600),
+        };
+        let (stop, stopped) = watch::channel(false);
+        let watched = tokio::spawn(watch_connection(
+            connection,
+            Arc::new(Activity::new()),
+            limits,
+            stopped,
+        ));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), watched)
+            .await
+            .expect("the stop never reached the connection")
+            .unwrap();
+        assert!(closed.load(Ordering::Relaxed));
+    }
 
     #[test]
     fn the_hop_by_hop_match_agrees_with_the_table() {
