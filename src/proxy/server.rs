@@ -678,49 +678,53 @@ mod tests {
         }
     }
 
-    /// The idle timer and the stop signal are polled only once to register; out of budget,
-    /// tokio would not register them, and an idle connection would never be closed.
-    #[tokio::test]
-    async fn an_idle_connection_is_closed_even_if_its_task_ran_out_of_budget() {
+    /// Watches a [`BudgetEater`] whose idle limits are `limit`, in a task of its own; returns
+    /// the task, the stop sender and whether the connection was closed.
+    fn watch_eater(
+        limit: Duration,
+    ) -> (
+        tokio::task::JoinHandle<()>,
+        watch::Sender<bool>,
+        Arc<AtomicBool>,
+    ) {
         let closed = Arc::new(AtomicBool::new(false));
         let connection = BudgetEater {
             first: true,
             closed: closed.clone(),
         };
         let limits = Limits {
-            first_request: Duration::from_millis(100),
-            idle: Duration::from_millis(100),
-        };
-        let (_stop, stopped) = watch::channel(false);
-        let watched = watch_connection(connection, Arc::new(Activity::new()), limits, stopped);
-        tokio::time::timeout(Duration::from_secs(5), watched)
-            .await
-            .expect("the idle connection was never closed");
-        assert!(closed.load(Ordering::Relaxed));
-    }
-
-    #[tokio::test]
-    async fn a_stop_reaches_a_connection_whose_task_ran_out_of_budget() {
-        let closed = Arc::new(AtomicBool::new(false));
-        let connection = BudgetEater {
-            first: true,
-            closed: closed.clone(),
-        };
-        // No idle limit to speak of: only the stop can close it.
-        let limits = Limits {
-            first_request: Duration::from_secs(3600),
-            idle: Duration::from_secs(3600),
+            first_request: limit,
+            idle: limit,
         };
         let (stop, stopped) = watch::channel(false);
-        let watched = tokio::spawn(watch_connection(
+        let task = tokio::spawn(watch_connection(
             connection,
             Arc::new(Activity::new()),
             limits,
             stopped,
         ));
+        (task, stop, closed)
+    }
+
+    /// The idle timer and the stop signal are polled only once to register; out of budget,
+    /// tokio would not register them, and an idle connection would never be closed.
+    #[tokio::test]
+    async fn an_idle_connection_is_closed_even_if_its_task_ran_out_of_budget() {
+        let (task, _stop, closed) = watch_eater(Duration::from_millis(100));
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the idle connection was never closed")
+            .unwrap();
+        assert!(closed.load(Ordering::Relaxed));
+    }
+
+    #[tokio::test]
+    async fn a_stop_reaches_a_connection_whose_task_ran_out_of_budget() {
+        // No idle limit to speak of: only the stop can close it.
+        let (task, stop, closed) = watch_eater(Duration::from_secs(3600));
         tokio::time::sleep(Duration::from_millis(50)).await;
         stop.send(true).unwrap();
-        tokio::time::timeout(Duration::from_secs(5), watched)
+        tokio::time::timeout(Duration::from_secs(5), task)
             .await
             .expect("the stop never reached the connection")
             .unwrap();
