@@ -66,13 +66,8 @@ pub(crate) fn parse(query: &[u8], body: Option<&[u8]>) -> Result<AuthorizeParams
         return Err(Reason::ParameterInQueryAndBody);
     }
     let unclosed = |input: &[u8], list: &[Param<'_>]| {
-        list.iter().any(|p| {
-            // Only a name with a `[`, or an escape that may decode to one, needs decoding.
-            let pair = input.get(p.span.clone()).unwrap_or_default();
-            let name = pair.split(|&b| b == b'=').next().unwrap_or_default();
-            name.iter().any(|&b| b == b'[' || b == b'%')
-                && params::has_unclosed_bracket(&params::raw_name(input, p))
-        })
+        list.iter()
+            .any(|p| params::name_has_unclosed_bracket(input, p))
     };
     if unclosed(query, &query_params) || unclosed(body.unwrap_or_default(), &body_params) {
         return Err(Reason::MalformedParameter);
@@ -381,7 +376,13 @@ mod tests {
     #[test]
     fn an_unclosed_bracket_in_a_name_is_refused() {
         // PHP reads `client[id` as `client_id`; the layer would read `client`.
-        for query in ["client_id=a&client[id=b", "response_type=code&x[=1"] {
+        // Escaped too: `%5B` decodes to `[`.
+        for query in [
+            "client_id=a&client[id=b",
+            "response_type=code&x[=1",
+            "client_id=a&client%5Bid=b",
+            "client_id=a&client%5bid=b",
+        ] {
             assert_eq!(
                 parse_q(query).map(|_| ()).err(),
                 Some(Reason::MalformedParameter),
@@ -390,6 +391,7 @@ mod tests {
         }
         assert!(parse(b"", Some(b"response_type=code&client[id=b")).is_err());
         assert!(parse_q("response_type=code&claims[x]=1&a[]=2").is_ok());
+        assert!(parse_q("response_type=code&claims%5Bx%5D=1&a%20b=2&c=%5B").is_ok());
     }
 
     /// The request as the layer reads it, except where `state` is.

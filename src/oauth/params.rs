@@ -149,8 +149,20 @@ pub(crate) fn parse(input: &[u8]) -> Vec<Param<'_>> {
 /// A parameter's name as sent (decoded, not normalized): `input` must be the input `param`
 /// was parsed from.
 pub(crate) fn raw_name<'i>(input: &'i [u8], param: &Param<'_>) -> Cow<'i, [u8]> {
+    decode(sent_name(input, param))
+}
+
+/// A parameter's name exactly as it is in `input`, escapes and all.
+fn sent_name<'i>(input: &'i [u8], param: &Param<'_>) -> &'i [u8] {
     let pair = input.get(param.span.clone()).unwrap_or_default();
-    decode(pair.split(|&b| b == b'=').next().unwrap_or_default())
+    pair.split(|&b| b == b'=').next().unwrap_or_default()
+}
+
+/// Whether a parameter's name as sent has an unclosed bracket ([`has_unclosed_bracket`]).
+/// Only a name holding a `[`, or an escape that may decode to one, is decoded to find out.
+pub(crate) fn name_has_unclosed_bracket(input: &[u8], param: &Param<'_>) -> bool {
+    let sent = sent_name(input, param);
+    sent.iter().any(|&b| b == b'[' || b == b'%') && has_unclosed_bracket(&decode(sent))
 }
 
 /// Whether a name has a `[` with no `]` after it, which PHP reads as `_` (`client[id` is

@@ -235,10 +235,8 @@ async fn watch_connection<C>(
         .deadline(limits)
         .unwrap_or_else(|| Instant::now() + limits.idle);
     let mut timer = std::pin::pin!(tokio::time::sleep_until(first.into()));
-    // Whether the timer was polled since it was last set (so it will wake the task), and
-    // whether it has nothing left to do (closing on a stop signal: no idle limit, no drop).
+    // Whether the timer was polled since it was last set (so it will wake the task).
     let mut timer_registered = false;
-    let mut timer_done = false;
     std::future::poll_fn(|cx| loop {
         if let std::task::Poll::Ready(result) = connection.as_mut().poll(cx) {
             if let Err(e) = result {
@@ -252,13 +250,12 @@ async fn watch_connection<C>(
             if poll_unconstrained(stop.as_mut(), cx).is_ready() {
                 connection.as_mut().close_gracefully();
                 closing = true;
-                if drop_at.is_none() {
-                    timer_done = true;
-                }
                 // The connection acts on the close when polled again.
                 continue;
             }
         }
+        // Closing on a stop signal (no drop deadline), the timer has nothing left to do.
+        let timer_done = closing && drop_at.is_none();
         if timer_done || (timer_registered && !timer.is_elapsed()) {
             return std::task::Poll::Pending;
         }
@@ -800,5 +797,29 @@ mod tests {
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic x"));
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 4);
+    }
+
+    /// `Connection` tokens are matched whatever their case, and every `Connection` header
+    /// counts.
+    #[test]
+    fn connection_tokens_are_read_in_any_case_and_from_every_header() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::CONNECTION,
+            HeaderValue::from_static("Host, X-Forwarded-For, X-Hop-One"),
+        );
+        h.append(
+            header::CONNECTION,
+            HeaderValue::from_static("AUTHORIZATION,x-hop-TWO"),
+        );
+        h.insert(header::HOST, HeaderValue::from_static("login.example"));
+        h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic x"));
+        h.insert("x-hop-one", HeaderValue::from_static("1"));
+        h.insert("x-hop-two", HeaderValue::from_static("2"));
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["authorization", "host", "x-forwarded-for"]);
     }
 }
