@@ -8,7 +8,7 @@ use tower_layer::Layer;
 use crate::metrics::Metrics;
 use crate::oauth::path;
 use crate::service::Pkce;
-use crate::store::{ChallengeStore, DynStore, MemoryStore};
+use crate::store::{ChallengeStore, LayerStore, MemoryStore};
 
 /// Whether the layer refuses what breaks the policy, or only reports it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -69,7 +69,7 @@ impl Config {
 #[derive(Clone)]
 pub(crate) struct Shared {
     pub(crate) config: Config,
-    pub(crate) store: Arc<dyn DynStore>,
+    pub(crate) store: LayerStore,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) form_post: Arc<FormPostWindow>,
 }
@@ -163,7 +163,7 @@ impl PkceLayer {
                     max_body_bytes: DEFAULT_MAX_BODY_BYTES,
                     redirect_uris: HashMap::new(),
                 },
-                store: Arc::new(MemoryStore::new()),
+                store: LayerStore::Memory(MemoryStore::new()),
                 metrics: Arc::new(Metrics::default()),
                 form_post: Arc::new(FormPostWindow::new()),
             }),
@@ -270,7 +270,7 @@ impl PkceLayer {
     /// Uses `store` instead of the default [`MemoryStore`]. Clones of this layer made before
     /// the call keep the old store.
     pub fn with_store(mut self, store: impl ChallengeStore) -> Self {
-        Arc::make_mut(&mut self.shared).store = Arc::new(store);
+        Arc::make_mut(&mut self.shared).store = LayerStore::new(store);
         self
     }
 
@@ -314,7 +314,7 @@ mod tests {
     fn clones_share_the_store_and_metrics() {
         let a = PkceLayer::new();
         let b = a.clone().exempt_client("x");
-        assert!(Arc::ptr_eq(&a.shared.store, &b.shared.store));
+        assert!(a.shared.store.same_as(&b.shared.store));
         assert!(Arc::ptr_eq(&a.shared.metrics, &b.shared.metrics));
         assert!(!a.shared.config.is_exempt("x"));
         assert!(b.shared.config.is_exempt("x"));

@@ -187,13 +187,21 @@ impl<S> Pkce<S> {
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
                 let shared = shared.clone();
-                ResponseFuture::boxed(Box::pin(async move {
-                    match endpoint {
-                        Endpoint::Token => token_request(shared, inner, req).await,
-                        Endpoint::Par => par_request(shared, inner, req).await,
-                        _ => authorize_request(shared, inner, req).await,
+                // One box per endpoint, each its own size: an authorization request does not
+                // pay for the largest (PAR's).
+                ResponseFuture::boxed(match endpoint {
+                    Endpoint::Token => {
+                        let f = token_request(shared, inner, req);
+
+                        Box::pin(f)
                     }
-                }))
+                    Endpoint::Par => Box::pin(par_request(shared, inner, req)),
+                    _ => {
+                        let f = authorize_request(shared, inner, req);
+
+                        Box::pin(f)
+                    }
+                })
             }
         }
     }
@@ -447,7 +455,8 @@ async fn decide_authorize(
     let exempt = config.is_exempt(client_id);
     if !pushed && config.par_path.is_some() && !params.request {
         if let Some(uri) = params.request_uri.as_deref() {
-            return decide_by_request_uri(shared, params, client_id, uri).await;
+            // Boxed: the rarer path, kept out of every authorization request's future.
+            return Box::pin(decide_by_request_uri(shared, params, client_id, uri)).await;
         }
     }
     if params.request_object {
@@ -816,7 +825,9 @@ where
 
     let query = parts.uri.query().unwrap_or_default().as_bytes();
     let parsed = authorize::parse(query, buffered.as_deref());
-    let (decision, params) = match decide_parsed(&shared, parsed, false).await {
+    // Boxed (a small allocation, from the allocator's cache) so this request's own future
+    // stays small enough for one too.
+    let (decision, params) = match Box::pin(decide_parsed(&shared, parsed, false)).await {
         Ok(ok) => ok,
         Err((reason, params)) => {
             let client = params.as_ref().and_then(|p| p.client_id.as_deref());
@@ -1171,10 +1182,11 @@ where
         return response.map(PkceBody::new);
     }
     if metadata && response.status() == http::StatusCode::OK {
-        return rewrite_metadata(shared, response).await;
+        // The rare paths are boxed, so every redirect's future does not carry them.
+        return Box::pin(rewrite_metadata(shared, response)).await;
     }
     if is_html_page(&response) {
-        return capture_form_post(shared, response).await;
+        return Box::pin(capture_form_post(shared, response)).await;
     }
     let mut response = response;
     match capture_redirect(shared, response.headers_mut()).await {

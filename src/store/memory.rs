@@ -372,82 +372,72 @@ impl Inner {
     }
 }
 
-impl ChallengeStore for MemoryStore {
-    fn create_flow(
+/// The store's steps, done on the spot: what the [`ChallengeStore`] methods return as ready
+/// futures, and what the layer calls directly when its store is a `MemoryStore`.
+impl MemoryStore {
+    /// Whether both are clones of one store.
+    #[cfg(test)]
+    pub(crate) fn same_as(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    pub(crate) fn create_flow_now(
         &self,
         handle: StoreKey,
         flow: PendingFlow,
         ttl: Duration,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+    ) -> Result<bool, StoreError> {
         let inner = &self.inner;
         let now = Instant::now();
-        ready(
-            inner
-                .reserve(now)
-                .map(|()| inner.insert_reserved(&inner.flows, handle, flow.encode(), ttl, now)),
-        )
+        inner
+            .reserve(now)
+            .map(|()| inner.insert_reserved(&inner.flows, handle, flow.encode(), ttl, now))
     }
 
-    fn flow(
+    pub(crate) fn flow_now(&self, handle: StoreKey) -> Result<Option<PendingFlow>, StoreError> {
+        self.inner
+            .read(&self.inner.flows, handle, PendingFlow::decode)
+    }
+
+    pub(crate) fn take_flow_now(
         &self,
         handle: StoreKey,
-    ) -> impl Future<Output = Result<Option<PendingFlow>, StoreError>> + Send {
-        ready(
-            self.inner
-                .read(&self.inner.flows, handle, PendingFlow::decode),
-        )
+    ) -> Result<Option<PendingFlow>, StoreError> {
+        self.inner.take_flow(handle)
     }
 
-    fn take_flow(
-        &self,
-        handle: StoreKey,
-    ) -> impl Future<Output = Result<Option<PendingFlow>, StoreError>> + Send {
-        ready(self.inner.take_flow(handle))
-    }
-
-    fn bind_code(
+    pub(crate) fn bind_code_now(
         &self,
         code: StoreKey,
         binding: CodeBinding,
         ttl: Duration,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+    ) -> Result<bool, StoreError> {
         let inner = &self.inner;
         // The flow this code comes from just gave its slot back: no capacity check.
         inner.len.fetch_add(1, Ordering::Relaxed);
         let record = CodeRecord::new(binding, CodeState::Live);
-        ready(Ok(inner.insert_reserved(
-            &inner.codes,
-            code,
-            record.encode(),
-            ttl,
-            Instant::now(),
-        )))
+        Ok(inner.insert_reserved(&inner.codes, code, record.encode(), ttl, Instant::now()))
     }
 
-    fn record_redemption(
+    pub(crate) fn record_redemption_now(
         &self,
         code: StoreKey,
         binding: CodeBinding,
         ttl: Duration,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+    ) -> Result<bool, StoreError> {
         let inner = &self.inner;
         let now = Instant::now();
         let record = CodeRecord::new(binding, CodeState::Redeemed);
-        ready(
-            inner
-                .reserve(now)
-                .map(|()| inner.insert_reserved(&inner.codes, code, record.encode(), ttl, now)),
-        )
+        inner
+            .reserve(now)
+            .map(|()| inner.insert_reserved(&inner.codes, code, record.encode(), ttl, now))
     }
 
-    fn code(
-        &self,
-        code: StoreKey,
-    ) -> impl Future<Output = Result<Option<CodeRecord>, StoreError>> + Send {
-        ready(self.inner.read(&self.inner.codes, code, CodeRecord::decode))
+    pub(crate) fn code_now(&self, code: StoreKey) -> Result<Option<CodeRecord>, StoreError> {
+        self.inner.read(&self.inner.codes, code, CodeRecord::decode)
     }
 
-    fn redeem(&self, code: StoreKey) -> impl Future<Output = Result<bool, StoreError>> + Send {
+    pub(crate) fn redeem_now(&self, code: StoreKey) -> Result<bool, StoreError> {
         let won = self.inner.update_code(code, |state, _| {
             let live = *state == state_byte(CodeState::Live);
             if live {
@@ -455,10 +445,10 @@ impl ChallengeStore for MemoryStore {
             }
             live
         });
-        ready(won.map(|won| won.unwrap_or(false)))
+        won.map(|won| won.unwrap_or(false))
     }
 
-    fn unredeem(&self, code: StoreKey) -> impl Future<Output = Result<bool, StoreError>> + Send {
+    pub(crate) fn unredeem_now(&self, code: StoreKey) -> Result<bool, StoreError> {
         let done = self.inner.update_code(code, |state, _| {
             let redeemed = *state == state_byte(CodeState::Redeemed);
             if redeemed {
@@ -466,14 +456,14 @@ impl ChallengeStore for MemoryStore {
             }
             redeemed
         });
-        ready(done.map(|done| done.unwrap_or(false)))
+        done.map(|done| done.unwrap_or(false))
     }
 
-    fn record_failure(
+    pub(crate) fn record_failure_now(
         &self,
         code: StoreKey,
         max_failures: u32,
-    ) -> impl Future<Output = Result<Option<CodeState>, StoreError>> + Send {
+    ) -> Result<Option<CodeState>, StoreError> {
         let state = self.inner.update_code(code, |state, failures| {
             if *state == state_byte(CodeState::Live) {
                 let count = u32::from_be_bytes(*failures).saturating_add(1);
@@ -489,7 +479,73 @@ impl ChallengeStore for MemoryStore {
                 _ => Err(StoreError::backend("corrupt record")),
             }
         });
-        ready(state.and_then(Option::transpose))
+        state.and_then(Option::transpose)
+    }
+}
+
+impl ChallengeStore for MemoryStore {
+    fn create_flow(
+        &self,
+        handle: StoreKey,
+        flow: PendingFlow,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        ready(self.create_flow_now(handle, flow, ttl))
+    }
+
+    fn flow(
+        &self,
+        handle: StoreKey,
+    ) -> impl Future<Output = Result<Option<PendingFlow>, StoreError>> + Send {
+        ready(self.flow_now(handle))
+    }
+
+    fn take_flow(
+        &self,
+        handle: StoreKey,
+    ) -> impl Future<Output = Result<Option<PendingFlow>, StoreError>> + Send {
+        ready(self.take_flow_now(handle))
+    }
+
+    fn bind_code(
+        &self,
+        code: StoreKey,
+        binding: CodeBinding,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        ready(self.bind_code_now(code, binding, ttl))
+    }
+
+    fn record_redemption(
+        &self,
+        code: StoreKey,
+        binding: CodeBinding,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        ready(self.record_redemption_now(code, binding, ttl))
+    }
+
+    fn code(
+        &self,
+        code: StoreKey,
+    ) -> impl Future<Output = Result<Option<CodeRecord>, StoreError>> + Send {
+        ready(self.code_now(code))
+    }
+
+    fn redeem(&self, code: StoreKey) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        ready(self.redeem_now(code))
+    }
+
+    fn unredeem(&self, code: StoreKey) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        ready(self.unredeem_now(code))
+    }
+
+    fn record_failure(
+        &self,
+        code: StoreKey,
+        max_failures: u32,
+    ) -> impl Future<Output = Result<Option<CodeState>, StoreError>> + Send {
+        ready(self.record_failure_now(code, max_failures))
     }
 }
 

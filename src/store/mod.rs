@@ -12,10 +12,13 @@
 //! [`take_flow`]: ChallengeStore::take_flow
 //! [`redeem`]: ChallengeStore::redeem
 
+use std::any::Any;
 use std::error::Error as StdError;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use sha2::{Digest as _, Sha256};
@@ -496,6 +499,79 @@ pub trait ChallengeStore: Send + Sync + 'static {
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// The store a layer holds. A [`MemoryStore`] is called directly: its steps finish on the
+/// spot, so nothing is boxed. Any other store goes through the object-safe [`DynStore`].
+#[derive(Clone)]
+pub(crate) enum LayerStore {
+    Memory(MemoryStore),
+    Dyn(Arc<dyn DynStore>),
+}
+
+/// What a [`LayerStore`] step returns: a result already there, or a backend's boxed future.
+pub(crate) enum StoreFuture<'a, T> {
+    Ready(std::future::Ready<T>),
+    Boxed(BoxFuture<'a, T>),
+}
+
+impl<T> Future for StoreFuture<'_, T> {
+    type Output = T;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        match self.get_mut() {
+            Self::Ready(ready) => Pin::new(ready).poll(cx),
+            Self::Boxed(future) => future.as_mut().poll(cx),
+        }
+    }
+}
+
+/// One [`LayerStore`] step: `$now` on a memory store, `$step` through [`DynStore`] otherwise.
+macro_rules! dispatch {
+    ($(fn $step:ident / $now:ident ($($arg:ident: $ty:ty),*) -> $out:ty;)*) => {
+        impl LayerStore {
+            $(
+                pub(crate) fn $step(&self, $($arg: $ty),*) -> StoreFuture<'_, Result<$out, StoreError>> {
+                    match self {
+                        Self::Memory(store) => StoreFuture::Ready(std::future::ready(store.$now($($arg),*))),
+                        Self::Dyn(store) => StoreFuture::Boxed(store.$step($($arg),*)),
+                    }
+                }
+            )*
+        }
+    };
+}
+
+dispatch! {
+    fn create_flow / create_flow_now (handle: StoreKey, flow: PendingFlow, ttl: Duration) -> bool;
+    fn flow / flow_now (handle: StoreKey) -> Option<PendingFlow>;
+    fn take_flow / take_flow_now (handle: StoreKey) -> Option<PendingFlow>;
+    fn bind_code / bind_code_now (code: StoreKey, binding: CodeBinding, ttl: Duration) -> bool;
+    fn record_redemption / record_redemption_now (code: StoreKey, binding: CodeBinding, ttl: Duration) -> bool;
+    fn code / code_now (code: StoreKey) -> Option<CodeRecord>;
+    fn redeem / redeem_now (code: StoreKey) -> bool;
+    fn unredeem / unredeem_now (code: StoreKey) -> bool;
+    fn record_failure / record_failure_now (code: StoreKey, max_failures: u32) -> Option<CodeState>;
+}
+
+impl LayerStore {
+    /// Holds `store`, directly when it is a [`MemoryStore`].
+    pub(crate) fn new<S: ChallengeStore>(store: S) -> Self {
+        match (&store as &dyn Any).downcast_ref::<MemoryStore>() {
+            Some(memory) => Self::Memory(memory.clone()),
+            None => Self::Dyn(Arc::new(store)),
+        }
+    }
+
+    /// Whether both hold the same store (clones of one).
+    #[cfg(test)]
+    pub(crate) fn same_as(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Memory(a), Self::Memory(b)) => a.same_as(b),
+            (Self::Dyn(a), Self::Dyn(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
 /// The object-safe mirror of [`ChallengeStore`] that the layer holds behind an `Arc`.
 pub(crate) trait DynStore: Send + Sync + 'static {
     fn create_flow(
@@ -658,5 +734,116 @@ mod tests {
         assert_ne!(key, StoreKey::for_code(b"other"));
         assert_eq!(key.fingerprint().len(), 8);
         assert!(!format!("{key:?}").contains("Splx"));
+    }
+
+    /// A store that is not a `MemoryStore`: a memory store behind another type.
+    struct Wrapped(MemoryStore);
+
+    impl ChallengeStore for Wrapped {
+        fn create_flow(
+            &self,
+            handle: StoreKey,
+            flow: PendingFlow,
+            ttl: Duration,
+        ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+            ChallengeStore::create_flow(&self.0, handle, flow, ttl)
+        }
+        fn flow(
+            &self,
+            handle: StoreKey,
+        ) -> impl Future<Output = Result<Option<PendingFlow>, StoreError>> + Send {
+            ChallengeStore::flow(&self.0, handle)
+        }
+        fn take_flow(
+            &self,
+            handle: StoreKey,
+        ) -> impl Future<Output = Result<Option<PendingFlow>, StoreError>> + Send {
+            ChallengeStore::take_flow(&self.0, handle)
+        }
+        fn bind_code(
+            &self,
+            code: StoreKey,
+            binding: CodeBinding,
+            ttl: Duration,
+        ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+            ChallengeStore::bind_code(&self.0, code, binding, ttl)
+        }
+        fn record_redemption(
+            &self,
+            code: StoreKey,
+            binding: CodeBinding,
+            ttl: Duration,
+        ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+            ChallengeStore::record_redemption(&self.0, code, binding, ttl)
+        }
+        fn code(
+            &self,
+            code: StoreKey,
+        ) -> impl Future<Output = Result<Option<CodeRecord>, StoreError>> + Send {
+            ChallengeStore::code(&self.0, code)
+        }
+        fn redeem(&self, code: StoreKey) -> impl Future<Output = Result<bool, StoreError>> + Send {
+            ChallengeStore::redeem(&self.0, code)
+        }
+        fn unredeem(
+            &self,
+            code: StoreKey,
+        ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+            ChallengeStore::unredeem(&self.0, code)
+        }
+        fn record_failure(
+            &self,
+            code: StoreKey,
+            max_failures: u32,
+        ) -> impl Future<Output = Result<Option<CodeState>, StoreError>> + Send {
+            ChallengeStore::record_failure(&self.0, code, max_failures)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_memory_store_is_called_directly_and_others_through_the_mirror() {
+        let memory = MemoryStore::new();
+        let direct = LayerStore::new(memory.clone());
+        assert!(matches!(direct, LayerStore::Memory(_)));
+        let behind = MemoryStore::new();
+        let mirrored = LayerStore::new(Wrapped(behind.clone()));
+        assert!(matches!(mirrored, LayerStore::Dyn(_)));
+
+        // Both paths reach the store they were given, with the same answers.
+        for (store, maps) in [(&direct, &memory), (&mirrored, &behind)] {
+            let handle = StoreKey::for_handle("h");
+            let flow = PendingFlow::new(Some(s256()), "app", None, Some("s"));
+            assert!(matches!(
+                store
+                    .create_flow(handle, flow.clone(), Duration::from_secs(60))
+                    .await,
+                Ok(true)
+            ));
+            assert_eq!(maps.len(), 1);
+            assert!(matches!(
+                store
+                    .create_flow(handle, flow.clone(), Duration::from_secs(60))
+                    .await,
+                Ok(false)
+            ));
+            assert_eq!(store.take_flow(handle).await.ok().flatten(), Some(flow));
+            let code = StoreKey::for_code(b"c");
+            let binding = CodeBinding::new(Some(s256()), "app");
+            assert!(matches!(
+                store
+                    .bind_code(code, binding, Duration::from_secs(60))
+                    .await,
+                Ok(true)
+            ));
+            assert!(matches!(store.redeem(code).await, Ok(true)));
+            assert!(matches!(store.redeem(code).await, Ok(false)));
+            assert!(matches!(store.unredeem(code).await, Ok(true)));
+            assert!(matches!(
+                store.record_failure(code, 1).await,
+                Ok(Some(CodeState::Burned))
+            ));
+            let record = store.code(code).await.ok().flatten();
+            assert_eq!(record.map(|r| r.state()), Some(CodeState::Burned));
+        }
     }
 }
