@@ -308,12 +308,31 @@ where
     if content_length(headers).is_some_and(|n| n > limit as u64) {
         return Err(Reason::BodyTooLarge);
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(Reason::BodyTooLarge),
-        Err(e) if timed_out(&*e) => Err(Reason::BodyTimeout),
-        Err(_) => Err(Reason::UnreadableBody),
+    let reason = |e: BoxError| {
+        if e.downcast_ref::<LengthLimitError>().is_some() {
+            Reason::BodyTooLarge
+        } else if timed_out(&*e) {
+            Reason::BodyTimeout
+        } else {
+            Reason::UnreadableBody
+        }
+    };
+    // A body that comes in one chunk (most) is kept as it came; only a second chunk makes
+    // the layer copy them into one buffer. Trailers are not part of a form: dropped.
+    let mut body = std::pin::pin!(Limited::new(body, limit));
+    let mut first = Bytes::new();
+    let mut joined: Option<Vec<u8>> = None;
+    while let Some(frame) = body.as_mut().frame().await {
+        let Ok(data) = frame.map_err(reason)?.into_data() else {
+            continue;
+        };
+        match joined.as_mut() {
+            Some(buffer) => buffer.extend_from_slice(&data),
+            None if first.is_empty() => first = data,
+            None => joined = Some([&first[..], &data[..]].concat()),
+        }
     }
+    Ok(joined.map_or(first, Bytes::from))
 }
 
 /// Whether a body error is, or was caused by, an I/O timeout.
@@ -356,17 +375,22 @@ fn is_form_or_untyped(headers: &HeaderMap) -> bool {
     )
 }
 
-fn with_query(uri: &Uri, query: &[u8]) -> Option<Uri> {
-    std::str::from_utf8(query).ok()?;
+/// `uri` with its query made of `pieces`, built in one buffer of the exact length (which the
+/// new URI then holds without a copy).
+fn with_query(uri: &Uri, pieces: &[&[u8]]) -> Option<Uri> {
     let path = uri.path().as_bytes();
-    let mut path_and_query = Vec::with_capacity(path.len() + 1 + query.len());
+    let query_len: usize = pieces.iter().map(|p| p.len()).sum();
+    let mut path_and_query = Vec::with_capacity(path.len() + 1 + query_len);
     path_and_query.extend_from_slice(path);
-    if !query.is_empty() {
+    if query_len > 0 {
         path_and_query.push(b'?');
-        path_and_query.extend_from_slice(query);
+        pieces
+            .iter()
+            .for_each(|p| path_and_query.extend_from_slice(p));
     }
+    std::str::from_utf8(&path_and_query).ok()?;
     let mut parts = uri.clone().into_parts();
-    parts.path_and_query = Some(PathAndQuery::try_from(path_and_query).ok()?);
+    parts.path_and_query = Some(PathAndQuery::from_maybe_shared(Bytes::from(path_and_query)).ok()?);
     Uri::from_parts(parts).ok()
 }
 
@@ -849,8 +873,8 @@ where
                 }
             }
             at => {
-                let new_query = authorize::put_state(query, at.map(|(_, span)| span), &handle);
-                match with_query(&parts.uri, &new_query) {
+                let pieces = authorize::state_pieces(query, at.map(|(_, span)| span), &handle);
+                match with_query(&parts.uri, &pieces) {
                     Some(uri) => parts.uri = uri,
                     None => {
                         // Unreachable for a valid request URI; fail closed all the same.
@@ -1214,7 +1238,7 @@ async fn capture_redirect(shared: &Shared, headers: &mut HeaderMap) -> Result<()
         return Ok(());
     };
     let restored = redirect::restore_state(location, &capture, flow.state());
-    match HeaderValue::from_str(&restored) {
+    match HeaderValue::from_maybe_shared(Bytes::from(restored)) {
         Ok(value) => {
             headers.insert(header::LOCATION, value);
             Ok(())
@@ -1410,4 +1434,81 @@ where
     set_length(&mut parts.headers, rewritten.len());
     parts.headers.remove(header::ETAG);
     Response::from_parts(parts, PkceBody::full(Bytes::from(rewritten)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use http_body::Frame;
+
+    use super::*;
+
+    /// A body that yields the given frames (or an error) in turn.
+    struct Frames(VecDeque<Result<Frame<Bytes>, BoxError>>);
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            Poll::Ready(self.0.pop_front())
+        }
+    }
+
+    fn data(chunk: &'static str) -> Result<Frame<Bytes>, BoxError> {
+        Ok(Frame::data(Bytes::from_static(chunk.as_bytes())))
+    }
+
+    async fn read(
+        frames: Vec<Result<Frame<Bytes>, BoxError>>,
+        limit: usize,
+    ) -> Result<Bytes, Reason> {
+        read_body(&HeaderMap::new(), Frames(frames.into()), limit).await
+    }
+
+    #[tokio::test]
+    async fn a_body_is_read_whole_whatever_its_chunks() {
+        // One chunk is kept as it came, not copied.
+        let chunk = "grant_type=authorization_code&code=c";
+        let read_one = read(vec![data(chunk)], 1024).await;
+        assert_eq!(
+            read_one.as_deref().ok().map(<[u8]>::as_ptr),
+            Some(chunk.as_ptr())
+        );
+
+        // Several chunks, empty ones and trailers among them, are joined in order.
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-trailer", HeaderValue::from_static("t"));
+        let frames = vec![
+            data(""),
+            data("grant_type="),
+            Ok(Frame::trailers(trailers)),
+            data(""),
+            data("authorization_code"),
+            data("&code=c"),
+        ];
+        assert_eq!(
+            read(frames, 1024).await.as_deref(),
+            Ok(&b"grant_type=authorization_code&code=c"[..])
+        );
+        assert_eq!(read(vec![], 1024).await.as_deref(), Ok(&b""[..]));
+        assert_eq!(
+            read(vec![data(""), data("")], 1024).await.as_deref(),
+            Ok(&b""[..])
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_or_failing_is_refused() {
+        let over = vec![data("0123456789"), data("0123456789")];
+        assert_eq!(read(over, 15).await, Err(Reason::BodyTooLarge));
+        let failing = vec![data("grant_type="), Err(BoxError::from("reset"))];
+        assert_eq!(read(failing, 1024).await, Err(Reason::UnreadableBody));
+    }
 }

@@ -109,6 +109,15 @@ pub(crate) fn parse(query: &[u8], body: Option<&[u8]>) -> Result<AuthorizeParams
 /// handle, or the pair appended when the request has no `state` there. Everything else is kept
 /// byte for byte, so the upstream reads the same request with only `state` changed.
 pub(crate) fn put_state(input: &[u8], span: Option<Range<usize>>, handle: &str) -> Vec<u8> {
+    state_pieces(input, span, handle).concat()
+}
+
+/// The pieces [`put_state`] joins, in order, for a caller that writes them somewhere else.
+pub(crate) fn state_pieces<'a>(
+    input: &'a [u8],
+    span: Option<Range<usize>>,
+    handle: &'a str,
+) -> [&'a [u8]; 5] {
     // The input around where the pair goes, and the separator before it.
     let (head, separator, tail): (&[u8], &[u8], &[u8]) = match span {
         Some(span) => (
@@ -119,13 +128,7 @@ pub(crate) fn put_state(input: &[u8], span: Option<Range<usize>>, handle: &str) 
         None if input.is_empty() => (b"", b"", b""),
         None => (input, b"&", b""),
     };
-    let mut out = Vec::with_capacity(input.len() + 7 + handle.len());
-    out.extend_from_slice(head);
-    out.extend_from_slice(separator);
-    out.extend_from_slice(b"state=");
-    out.extend_from_slice(handle.as_bytes());
-    out.extend_from_slice(tail);
-    out
+    [head, separator, b"state=", handle.as_bytes(), tail]
 }
 
 /// Applies the PKCE policy: `Ok(Some(challenge))` for a valid challenge, `Ok(None)` for an

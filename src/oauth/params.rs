@@ -241,11 +241,6 @@ pub(crate) fn remove(input: &[u8], span: Range<usize>) -> Vec<u8> {
     splice(input, span, b"")
 }
 
-/// Encodes a value for a form or query component.
-pub(crate) fn encode(value: &str) -> String {
-    form_urlencoded::byte_serialize(value.as_bytes()).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -348,8 +343,12 @@ mod tests {
         assert_eq!(remove(only, span), b"");
     }
 
+    fn encode(value: &str) -> String {
+        form_urlencoded::byte_serialize(value.as_bytes()).collect()
+    }
+
     #[test]
-    fn encodes_values() {
+    fn decodes_what_form_encoding_encodes() {
         assert_eq!(encode("a b&c=d/é"), "a+b%26c%3Dd%2F%C3%A9");
         let encoded = format!("s={}", encode("x y+z%"));
         assert_eq!(value(&parse(encoded.as_bytes()), "s"), Some(&b"x y+z%"[..]));
