@@ -352,8 +352,31 @@ fn timed_out(mut error: &(dyn std::error::Error + 'static)) -> bool {
 
 /// Sets the framing headers for a buffered body.
 fn set_length(headers: &mut HeaderMap, len: usize) {
-    headers.remove(header::TRANSFER_ENCODING);
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    // A body forwarded as it came, with its one canonical length and no other framing, needs
+    // nothing changed.
+    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
+    let stated = match (lengths.next(), lengths.next()) {
+        (Some(value), None) => Some(value.as_bytes()),
+        _ => None,
+    };
+    let same = stated.is_some_and(|v| is_canonical_length(v, len))
+        && !headers.contains_key(header::TRANSFER_ENCODING);
+    if !same {
+        headers.remove(header::TRANSFER_ENCODING);
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    }
+}
+
+/// Whether `value` is `len` in decimal, written the one way `set_length` would write it.
+fn is_canonical_length(value: &[u8], len: usize) -> bool {
+    let digits = value.iter().all(u8::is_ascii_digit);
+    let padded = value.len() > 1 && value.first() == Some(&b'0');
+    digits
+        && !padded
+        && std::str::from_utf8(value)
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            == Some(len)
 }
 
 /// Whether a body the layer read is framed so that it and the upstream read the same bytes:
@@ -394,10 +417,24 @@ fn with_query(uri: &Uri, pieces: &[&[u8]]) -> Option<Uri> {
     Uri::from_parts(parts).ok()
 }
 
-fn mint_handle() -> String {
-    let mut bytes = [0u8; 16];
-    rand::rng().fill_bytes(&mut bytes);
-    URL_SAFE_NO_PAD.encode(bytes)
+/// A correlation handle: 16 random bytes in base64url, kept on the stack.
+struct Handle([u8; redirect::HANDLE_LEN]);
+
+impl Handle {
+    fn mint() -> Self {
+        let mut bytes = [0u8; 16];
+        rand::rng().fill_bytes(&mut bytes);
+        let mut handle = [0u8; redirect::HANDLE_LEN];
+        // 16 bytes are exactly 22 characters: this cannot fail, and a handle of zeros (which
+        // no flow's would match) is what an impossible failure leaves.
+        let _ = URL_SAFE_NO_PAD.encode_slice(bytes, &mut handle);
+        Self(handle)
+    }
+
+    fn as_str(&self) -> &str {
+        // Base64url is ASCII.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -456,7 +493,7 @@ enum AuthorizeDecision {
     /// Forward the request as it came.
     Unchanged,
     /// Forward with the client's state replaced by this handle.
-    Wrapped(String),
+    Wrapped(Handle),
 }
 
 async fn decide_authorize(
@@ -508,18 +545,16 @@ async fn decide_authorize(
     } else {
         Pass::UnboundFlowRecorded
     };
-    let flow = PendingFlow::new(
+    let handle = Handle::mint();
+    let created = shared.store.create_new_flow(
+        StoreKey::for_handle(handle.as_str()),
         challenge,
         client_id,
         params.redirect_uri.as_deref(),
         params.state.as_deref(),
+        config.pending_ttl,
     );
-    let handle = mint_handle();
-    match shared
-        .store
-        .create_flow(StoreKey::for_handle(&handle), flow, config.pending_ttl)
-        .await
-    {
+    match created.await {
         Ok(true) => {}
         // 128 random bits collided: never in practice; refuse rather than share a flow.
         Ok(false) => return Err(Reason::StoreUnavailable),
@@ -716,11 +751,11 @@ where
         Some((Part::Body, span)) => Some(span),
         _ => None,
     };
-    let pushed_body = authorize::put_state(&body, span, &handle);
+    let pushed_body = authorize::put_state(&body, span, handle.as_str());
     set_length(&mut parts.headers, pushed_body.len());
     let req = Request::from_parts(parts, PkceBody::full(Bytes::from(pushed_body)));
     let response = inner.call(req).await;
-    let handle_key = StoreKey::for_handle(&handle);
+    let handle_key = StoreKey::for_handle(handle.as_str());
     let response = match response {
         Ok(response) => response,
         Err(e) => {
@@ -768,7 +803,7 @@ where
                             flow.challenge().cloned(),
                             flow.client_id(),
                             flow.redirect_uri(),
-                            Some(&handle),
+                            Some(handle.as_str()),
                         ),
                         ttl,
                     )
@@ -868,12 +903,13 @@ where
         match params.state_at.clone() {
             Some((Part::Body, span)) => {
                 if let Some(bytes) = buffered.as_ref() {
-                    let body = authorize::put_state(bytes, Some(span), &handle);
+                    let body = authorize::put_state(bytes, Some(span), handle.as_str());
                     buffered = Some(Bytes::from(body));
                 }
             }
             at => {
-                let pieces = authorize::state_pieces(query, at.map(|(_, span)| span), &handle);
+                let pieces =
+                    authorize::state_pieces(query, at.map(|(_, span)| span), handle.as_str());
                 match with_query(&parts.uri, &pieces) {
                     Some(uri) => parts.uri = uri,
                     None => {
@@ -1363,12 +1399,13 @@ async fn settle_flow(
     }
     if let Some(code) = code {
         let key = StoreKey::for_code(code);
-        let binding = CodeBinding::new(flow.challenge().cloned(), flow.client_id());
-        let outcome = match shared
-            .store
-            .bind_code(key, binding, shared.config.code_ttl)
-            .await
-        {
+        let bound = shared.store.bind_new_code(
+            key,
+            flow.challenge(),
+            flow.client_id(),
+            shared.config.code_ttl,
+        );
+        let outcome = match bound.await {
             Ok(true) => Ok(()),
             // The upstream issued a code it issued before: refuse to guess which flow owns it.
             Ok(false) => Err(Reason::StoreUnavailable),
@@ -1510,5 +1547,45 @@ mod tests {
         assert_eq!(read(over, 15).await, Err(Reason::BodyTooLarge));
         let failing = vec![data("grant_type="), Err(BoxError::from("reset"))];
         assert_eq!(read(failing, 1024).await, Err(Reason::UnreadableBody));
+    }
+
+    #[test]
+    fn minted_handles_have_the_handle_shape_and_differ() {
+        let (a, b) = (Handle::mint(), Handle::mint());
+        assert!(redirect::is_handle(a.as_str().as_bytes()));
+        assert_ne!(a.as_str(), b.as_str());
+    }
+
+    #[test]
+    fn a_length_is_kept_only_when_it_is_the_one_canonical_length() {
+        let length = |values: &[&'static str], chunked: bool| {
+            let mut headers = HeaderMap::new();
+            for v in values {
+                headers.append(header::CONTENT_LENGTH, HeaderValue::from_static(v));
+            }
+            if chunked {
+                headers.insert(
+                    header::TRANSFER_ENCODING,
+                    HeaderValue::from_static("chunked"),
+                );
+            }
+            set_length(&mut headers, 12);
+            let lengths: Vec<_> = headers.get_all(header::CONTENT_LENGTH).iter().collect();
+            assert!(!headers.contains_key(header::TRANSFER_ENCODING));
+            lengths
+                .iter()
+                .map(|v| v.to_str().unwrap_or("?").to_owned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(length(&["12"], false), ["12"]);
+        assert_eq!(length(&[], false), ["12"]);
+        assert_eq!(length(&["012"], false), ["12"]);
+        assert_eq!(length(&["+12"], false), ["12"]);
+        assert_eq!(length(&["13"], false), ["12"]);
+        assert_eq!(length(&["12", "12"], false), ["12"]);
+        assert_eq!(length(&["12"], true), ["12"]);
+        assert!(is_canonical_length(b"0", 0));
+        assert!(!is_canonical_length(b"00", 0));
+        assert!(!is_canonical_length(b"", 0));
     }
 }

@@ -83,15 +83,20 @@ pub(crate) fn parse(query: &[u8], body: Option<&[u8]>) -> Result<AuthorizeParams
             .filter(|v| !v.is_empty())
     };
 
-    let response_type = utf8(value("response_type"))?.unwrap_or_default();
-    let tokens: Vec<&str> = response_type.split(' ').filter(|t| !t.is_empty()).collect();
-    let wants_code = tokens.iter().any(|t| t.eq_ignore_ascii_case("code"));
+    let response_type = value("response_type").unwrap_or_default();
+    std::str::from_utf8(response_type).map_err(|_| Reason::MalformedParameter)?;
+    let tokens = || {
+        response_type
+            .split(|&b| b == b' ')
+            .filter(|t| !t.is_empty())
+    };
+    let wants_code = tokens().any(|t| t.eq_ignore_ascii_case(b"code"));
     // An empty `state` is still a state (RFC 6749 §4.1.2: present in the request, present in
     // the response), and its pair is where the handle goes.
     let state_pair = lookup("state");
     Ok(AuthorizeParams {
         wants_code,
-        hybrid: wants_code && tokens.len() > 1,
+        hybrid: wants_code && tokens().nth(1).is_some(),
         client_id: utf8(value("client_id"))?,
         redirect_uri: utf8(value("redirect_uri"))?,
         state: utf8(state_pair.map(|(_, p)| p.value.as_ref()))?,

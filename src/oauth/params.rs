@@ -101,6 +101,9 @@ static SPECIAL: [bool; 256] = {
 /// One pass over the input finds the pairs, each pair's first `=`, and which escapes its name
 /// and value hold, so unescaped components (most) are borrowed without another look.
 pub(crate) fn parse(input: &[u8]) -> Vec<Param<'_>> {
+    if input.is_empty() {
+        return Vec::new();
+    }
     let mut params = Vec::with_capacity(8);
     let mut start = 0;
     let mut eq: Option<usize> = None;

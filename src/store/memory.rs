@@ -387,11 +387,21 @@ impl MemoryStore {
         flow: PendingFlow,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
+        self.create_flow_encoded(handle, flow.encode(), ttl)
+    }
+
+    /// [`create_flow_now`](Self::create_flow_now) of a flow already encoded.
+    pub(crate) fn create_flow_encoded(
+        &self,
+        handle: StoreKey,
+        record: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
         let inner = &self.inner;
         let now = Instant::now();
         inner
             .reserve(now)
-            .map(|()| inner.insert_reserved(&inner.flows, handle, flow.encode(), ttl, now))
+            .map(|()| inner.insert_reserved(&inner.flows, handle, record, ttl, now))
     }
 
     pub(crate) fn flow_now(&self, handle: StoreKey) -> Result<Option<PendingFlow>, StoreError> {
@@ -412,11 +422,16 @@ impl MemoryStore {
         binding: CodeBinding,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
+        let record = CodeRecord::new(binding, CodeState::Live);
+        Ok(self.bind_code_encoded(code, record.encode(), ttl))
+    }
+
+    /// [`bind_code_now`](Self::bind_code_now) of a `Live` record already encoded.
+    pub(crate) fn bind_code_encoded(&self, code: StoreKey, record: Vec<u8>, ttl: Duration) -> bool {
         let inner = &self.inner;
         // The flow this code comes from just gave its slot back: no capacity check.
         inner.len.fetch_add(1, Ordering::Relaxed);
-        let record = CodeRecord::new(binding, CodeState::Live);
-        Ok(inner.insert_reserved(&inner.codes, code, record.encode(), ttl, Instant::now()))
+        inner.insert_reserved(&inner.codes, code, record, ttl, Instant::now())
     }
 
     pub(crate) fn record_redemption_now(

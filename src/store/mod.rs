@@ -117,23 +117,12 @@ impl PendingFlow {
 
     /// A compact byte encoding, for stores that keep bytes.
     pub fn encode(&self) -> Vec<u8> {
-        let strings = [
-            Some(&*self.client_id),
+        encode_flow(
+            self.challenge.as_ref(),
+            &self.client_id,
             self.redirect_uri.as_deref(),
             self.state.as_deref(),
-        ];
-        let len = 1
-            + challenge_len(self.challenge.as_ref())
-            + strings.iter().map(|s| str_len(*s)).sum::<usize>();
-        // Exactly the length: the memory store keeps this allocation as it is.
-        let mut out = Vec::with_capacity(len);
-        out.push(FORMAT_VERSION);
-        write_challenge(&mut out, self.challenge.as_ref());
-        write_str(&mut out, Some(&self.client_id));
-        write_str(&mut out, self.redirect_uri.as_deref());
-        write_str(&mut out, self.state.as_deref());
-        debug_assert_eq!(out.len(), len);
-        out
+        )
     }
 
     /// Reverses [`PendingFlow::encode`].
@@ -151,6 +140,24 @@ impl PendingFlow {
             state,
         })
     }
+}
+
+/// [`PendingFlow::encode`] of a flow with these parts, without making the flow first.
+pub(crate) fn encode_flow(
+    challenge: Option<&CodeChallenge>,
+    client_id: &str,
+    redirect_uri: Option<&str>,
+    state: Option<&str>,
+) -> Vec<u8> {
+    let strings = [Some(client_id), redirect_uri, state];
+    let len = 1 + challenge_len(challenge) + strings.iter().map(|s| str_len(*s)).sum::<usize>();
+    // Exactly the length: the memory store keeps this allocation as it is.
+    let mut out = Vec::with_capacity(len);
+    out.push(FORMAT_VERSION);
+    write_challenge(&mut out, challenge);
+    strings.iter().for_each(|s| write_str(&mut out, *s));
+    debug_assert_eq!(out.len(), len);
+    out
 }
 
 impl fmt::Debug for PendingFlow {
@@ -199,6 +206,28 @@ impl fmt::Debug for CodeBinding {
             .field("client_id", &self.client_id)
             .finish()
     }
+}
+
+/// [`CodeRecord::encode`] of a record with these parts, without making the record first.
+pub(crate) fn encode_code(
+    challenge: Option<&CodeChallenge>,
+    client_id: &str,
+    state: CodeState,
+    failures: u32,
+) -> Vec<u8> {
+    let len = 1 + challenge_len(challenge) + str_len(Some(client_id)) + 5;
+    let mut out = Vec::with_capacity(len);
+    out.push(FORMAT_VERSION);
+    write_challenge(&mut out, challenge);
+    write_str(&mut out, Some(client_id));
+    out.push(match state {
+        CodeState::Live => b'L',
+        CodeState::Redeemed => b'R',
+        CodeState::Burned => b'B',
+    });
+    out.extend_from_slice(&failures.to_be_bytes());
+    debug_assert_eq!(out.len(), len);
+    out
 }
 
 /// Where a code is in its life.
@@ -252,22 +281,12 @@ impl CodeRecord {
     /// (`L`, `R` or `B`) and the failure count (big-endian `u32`), so a store can change a
     /// record's state in place (`RedisStore`'s scripts do) without decoding the rest.
     pub fn encode(&self) -> Vec<u8> {
-        let len = 1
-            + challenge_len(self.binding.challenge.as_ref())
-            + str_len(Some(&self.binding.client_id))
-            + 5;
-        let mut out = Vec::with_capacity(len);
-        out.push(FORMAT_VERSION);
-        write_challenge(&mut out, self.binding.challenge.as_ref());
-        write_str(&mut out, Some(&self.binding.client_id));
-        out.push(match self.state {
-            CodeState::Live => b'L',
-            CodeState::Redeemed => b'R',
-            CodeState::Burned => b'B',
-        });
-        out.extend_from_slice(&self.failures.to_be_bytes());
-        debug_assert_eq!(out.len(), len);
-        out
+        encode_code(
+            self.binding.challenge.as_ref(),
+            &self.binding.client_id,
+            self.state,
+            self.failures,
+        )
     }
 
     /// Reverses [`CodeRecord::encode`].
@@ -550,6 +569,56 @@ dispatch! {
     fn redeem / redeem_now (code: StoreKey) -> bool;
     fn unredeem / unredeem_now (code: StoreKey) -> bool;
     fn record_failure / record_failure_now (code: StoreKey, max_failures: u32) -> Option<CodeState>;
+}
+
+impl LayerStore {
+    /// [`create_flow`](Self::create_flow) of a new flow with these parts: a memory store
+    /// keeps their encoding without the flow being made first.
+    pub(crate) fn create_new_flow(
+        &self,
+        handle: StoreKey,
+        challenge: Option<CodeChallenge>,
+        client_id: &str,
+        redirect_uri: Option<&str>,
+        state: Option<&str>,
+        ttl: Duration,
+    ) -> StoreFuture<'_, Result<bool, StoreError>> {
+        match self {
+            Self::Memory(store) => {
+                let record = encode_flow(challenge.as_ref(), client_id, redirect_uri, state);
+                StoreFuture::Ready(std::future::ready(
+                    store.create_flow_encoded(handle, record, ttl),
+                ))
+            }
+            Self::Dyn(_) => self.create_flow(
+                handle,
+                PendingFlow::new(challenge, client_id, redirect_uri, state),
+                ttl,
+            ),
+        }
+    }
+
+    /// [`bind_code`](Self::bind_code) to a binding with these parts: a memory store keeps
+    /// their encoding without the binding being made first.
+    pub(crate) fn bind_new_code(
+        &self,
+        code: StoreKey,
+        challenge: Option<&CodeChallenge>,
+        client_id: &str,
+        ttl: Duration,
+    ) -> StoreFuture<'_, Result<bool, StoreError>> {
+        match self {
+            Self::Memory(store) => {
+                let record = encode_code(challenge, client_id, CodeState::Live, 0);
+                StoreFuture::Ready(std::future::ready(Ok(
+                    store.bind_code_encoded(code, record, ttl)
+                )))
+            }
+            Self::Dyn(_) => {
+                self.bind_code(code, CodeBinding::new(challenge.cloned(), client_id), ttl)
+            }
+        }
+    }
 }
 
 impl LayerStore {
@@ -844,6 +913,21 @@ mod tests {
             ));
             let record = store.code(code).await.ok().flatten();
             assert_eq!(record.map(|r| r.state()), Some(CodeState::Burned));
+
+            // Records made from their parts read back as the records themselves.
+            let ttl = Duration::from_secs(60);
+            let other = StoreKey::for_handle("other");
+            let made =
+                store.create_new_flow(other, Some(s256()), "app", Some("https://a/cb"), None, ttl);
+            assert!(matches!(made.await, Ok(true)));
+            let expected = PendingFlow::new(Some(s256()), "app", Some("https://a/cb"), None);
+            assert_eq!(store.take_flow(other).await.ok().flatten(), Some(expected));
+            let fresh = StoreKey::for_code(b"fresh");
+            let bound = store.bind_new_code(fresh, Some(&s256()), "app", ttl);
+            assert!(matches!(bound.await, Ok(true)));
+            let record = store.code(fresh).await.ok().flatten();
+            let expected = CodeRecord::new(CodeBinding::new(Some(s256()), "app"), CodeState::Live);
+            assert_eq!(record, Some(expected));
         }
     }
 }
