@@ -213,10 +213,11 @@ type Pairs = Vec<(String, Vec<u8>, Vec<u8>)>;
 fn others(component: &str) -> Pairs {
     params::parse(component.as_bytes())
         .into_iter()
-        .filter(|p| p.name != "state")
+        .filter(|p| !p.is("state"))
         .map(|p| {
             let raw = component.as_bytes()[p.span.clone()].to_vec();
-            (p.name.into_owned(), p.value.into_owned(), raw)
+            let name = String::from_utf8_lossy(&p.name).into_owned();
+            (name, p.value.into_owned(), raw)
         })
         .collect()
 }
@@ -266,7 +267,7 @@ pub fn redirect(location: &[u8], state: Option<&str>) {
     );
     let states: Vec<Vec<u8>> = params::parse(component.as_bytes())
         .into_iter()
-        .filter(|p| p.name == "state")
+        .filter(|p| p.is("state"))
         .map(|p| p.value.into_owned())
         .collect();
     match state {

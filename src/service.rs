@@ -190,17 +190,9 @@ impl<S> Pkce<S> {
                 // One box per endpoint, each its own size: an authorization request does not
                 // pay for the largest (PAR's).
                 ResponseFuture::boxed(match endpoint {
-                    Endpoint::Token => {
-                        let f = token_request(shared, inner, req);
-
-                        Box::pin(f)
-                    }
+                    Endpoint::Token => Box::pin(token_request(shared, inner, req)),
                     Endpoint::Par => Box::pin(par_request(shared, inner, req)),
-                    _ => {
-                        let f = authorize_request(shared, inner, req);
-
-                        Box::pin(f)
-                    }
+                    _ => Box::pin(authorize_request(shared, inner, req)),
                 })
             }
         }
@@ -841,6 +833,26 @@ where
     ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
+    // The checks run in a future of their own, boxed: what this one keeps while the upstream
+    // answers stays small.
+    let req = match Box::pin(authorize_forward(&shared, req)).await {
+        Ok(req) => req,
+        Err(refusal) => return Ok(respond(refusal)),
+    };
+    let response = inner.call(req).await?;
+    Ok(finish_response(&shared, response, false).await)
+}
+
+/// Checks an authorization request and makes the request to forward: the client's state
+/// swapped for a handle when a flow was recorded. `Err` is the refusal to answer with.
+async fn authorize_forward<ReqBody>(
+    shared: &Shared,
+    req: Request<ReqBody>,
+) -> Result<Request<PkceBody<ReqBody>>, Response<Bytes>>
+where
+    ReqBody: Body<Data = Bytes>,
+    ReqBody::Error: Into<BoxError>,
+{
     const EP: &str = "authorize";
     let (mut parts, body) = req.into_parts();
     let reads_body = parts.method != Method::GET && parts.method != Method::HEAD;
@@ -864,13 +876,8 @@ where
             Ok(bytes) => (Some(bytes), None),
             // The body is gone: even report mode cannot forward it.
             Err(reason) => {
-                refuse(&shared, EP, None, reason, None);
-                return Ok(respond(authorize_refusal(
-                    &shared,
-                    reason,
-                    None,
-                    accept.as_ref(),
-                )));
+                refuse(shared, EP, None, reason, None);
+                return Err(authorize_refusal(shared, reason, None, accept.as_ref()));
             }
         }
     } else {
@@ -884,15 +891,17 @@ where
 
     let query = parts.uri.query().unwrap_or_default().as_bytes();
     let parsed = authorize::parse(query, buffered.as_deref());
-    // Boxed (a small allocation, from the allocator's cache) so this request's own future
-    // stays small enough for one too.
-    let (decision, params) = match Box::pin(decide_parsed(&shared, parsed, false)).await {
+    let (decision, params) = match Box::pin(decide_parsed(shared, parsed, false)).await {
         Ok(ok) => ok,
         Err((reason, params)) => {
             let client = params.as_ref().and_then(|p| p.client_id.as_deref());
-            if !refuse(&shared, EP, client, reason, None) {
-                let response = authorize_refusal(&shared, reason, params.as_ref(), accept.as_ref());
-                return Ok(respond(response));
+            if !refuse(shared, EP, client, reason, None) {
+                return Err(authorize_refusal(
+                    shared,
+                    reason,
+                    params.as_ref(),
+                    accept.as_ref(),
+                ));
             }
             (AuthorizeDecision::Unchanged, params.unwrap_or_default())
         }
@@ -914,13 +923,12 @@ where
                     Some(uri) => parts.uri = uri,
                     None => {
                         // Unreachable for a valid request URI; fail closed all the same.
-                        let response = authorize_refusal(
-                            &shared,
+                        return Err(authorize_refusal(
+                            shared,
                             Reason::MalformedParameter,
                             None,
                             accept.as_ref(),
-                        );
-                        return Ok(respond(response));
+                        ));
                     }
                 }
             }
@@ -933,9 +941,7 @@ where
         // The answer may be a form_post page, which the layer reads: ask for it uncompressed.
         parts.headers.remove(header::ACCEPT_ENCODING);
     }
-    let req = Request::from_parts(parts, forward_body(buffered, body));
-    let response = inner.call(req).await?;
-    Ok(finish_response(&shared, response, false).await)
+    Ok(Request::from_parts(parts, forward_body(buffered, body)))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1075,32 +1081,54 @@ where
     ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
+    // As for authorization requests: the checks in a boxed future of their own.
+    let (req, redemption) = match Box::pin(token_forward(&shared, req)).await {
+        Ok(forward) => forward,
+        Err(refusal) => return Ok(respond(refusal)),
+    };
+    // On a transport error the code stays redeemed: the upstream may have issued a token.
+    let response = inner.call(req).await?;
+    if let Some(r) = &redemption {
+        if !response.status().is_success() {
+            undo_redemption(&shared, r).await;
+        }
+    }
+    Ok(finish_response(&shared, response, false).await)
+}
+
+/// Checks a token request and makes the request to forward, with the redemption to undo if
+/// the upstream issues no token. `Err` is the refusal to answer with.
+async fn token_forward<ReqBody>(
+    shared: &Shared,
+    req: Request<ReqBody>,
+) -> Result<(Request<PkceBody<ReqBody>>, Option<Redemption>), Response<Bytes>>
+where
+    ReqBody: Body<Data = Bytes>,
+    ReqBody::Error: Into<BoxError>,
+{
     const EP: &str = "token";
     let (mut parts, body) = req.into_parts();
-    let refused = |reason: Reason,
-                   client: Option<&str>,
-                   code: Option<&StoreKey>|
-     -> Option<Response<PkceBody<ResBody>>> {
-        (!refuse(&shared, EP, client, reason, code)).then(|| respond(error::json(reason)))
+    let refused = |reason: Reason, client: Option<&str>, code: Option<&StoreKey>| {
+        (!refuse(shared, EP, client, reason, code)).then(|| error::json(reason))
     };
 
     if token::query_has_oauth_params(parts.uri.query().unwrap_or_default().as_bytes()) {
         if let Some(response) = refused(Reason::ParametersInQuery, None, None) {
-            return Ok(response);
+            return Err(response);
         }
     }
     let bytes = match read_body(&parts.headers, body, shared.config.max_body_bytes).await {
         Ok(bytes) => bytes,
         Err(reason) => {
             // The body is gone: even report mode cannot forward it.
-            refuse(&shared, EP, None, reason, None);
-            return Ok(respond(error::json(reason)));
+            refuse(shared, EP, None, reason, None);
+            return Err(error::json(reason));
         }
     };
 
     let mut redemption = None;
     let mut forward = bytes.clone();
-    let checked = check_token(&shared, &parts.headers, &bytes).await;
+    let checked = Box::pin(check_token(shared, &parts.headers, &bytes)).await;
     match checked {
         Ok(TokenCheck::Other) => {}
         Ok(TokenCheck::Redeem {
@@ -1118,20 +1146,15 @@ where
         }
         Err((reason, client, code)) => {
             if let Some(response) = refused(reason, client.as_deref(), code.as_ref()) {
-                return Ok(response);
+                return Err(response);
             }
         }
     }
     set_length(&mut parts.headers, forward.len());
-    let req = Request::from_parts(parts, PkceBody::full(forward));
-    // On a transport error the code stays redeemed: the upstream may have issued a token.
-    let response = inner.call(req).await?;
-    if let Some(r) = &redemption {
-        if !response.status().is_success() {
-            undo_redemption(&shared, r).await;
-        }
-    }
-    Ok(finish_response(&shared, response, false).await)
+    Ok((
+        Request::from_parts(parts, PkceBody::full(forward)),
+        redemption,
+    ))
 }
 
 enum TokenCheck {
@@ -1249,7 +1272,9 @@ where
         return Box::pin(capture_form_post(shared, response)).await;
     }
     let mut response = response;
-    match capture_redirect(shared, response.headers_mut()).await {
+    // Boxed, as are the checks of a request: a future of a few hundred bytes comes from the
+    // allocator's per-thread cache, where one of a few kilobytes does not.
+    match Box::pin(capture_redirect(shared, response.headers_mut())).await {
         Ok(()) => response.map(PkceBody::new),
         Err(reason) => respond(error::html(reason)),
     }

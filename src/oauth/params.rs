@@ -8,8 +8,9 @@ use std::ops::Range;
 
 /// One `name=value` pair of a form-encoded input. No `Debug`: values may be secrets.
 pub(crate) struct Param<'a> {
-    /// The decoded name, ASCII-lowercased, with any `[...]` suffix removed.
-    pub(crate) name: Cow<'a, str>,
+    /// The decoded name, ASCII-lowercased, with any `[...]` suffix removed. Bytes: it is only
+    /// ever compared, with ASCII names, so it is not checked for UTF-8.
+    pub(crate) name: Cow<'a, [u8]>,
     /// The decoded value.
     pub(crate) value: Cow<'a, [u8]>,
     /// The whole pair in the input, without its separator.
@@ -64,16 +65,14 @@ fn decode_with(raw: &[u8], escaped: Escapes) -> Cow<'_, [u8]> {
 /// The name a parameter is read under: decoded, ASCII-lowercased (some servers match names
 /// without regard to case), and without a bracket suffix (`client_id[]`, `code[0]`), since
 /// express, PHP and Rails read those as the bare name.
-fn normalize_name(raw: &[u8], escaped: Escapes) -> Cow<'_, str> {
+fn normalize_name(raw: &[u8], escaped: Escapes) -> Cow<'_, [u8]> {
     // The usual name (`client_id`) needs nothing.
     if escaped.0 == 0
         && raw
             .iter()
             .all(|&b| b.is_ascii() && b != b'[' && !b.is_ascii_uppercase())
     {
-        if let Ok(name) = std::str::from_utf8(raw) {
-            return Cow::Borrowed(name);
-        }
+        return Cow::Borrowed(raw);
     }
     let decoded = decode_with(raw, escaped);
     let cut = decoded
@@ -81,7 +80,19 @@ fn normalize_name(raw: &[u8], escaped: Escapes) -> Cow<'_, str> {
         .position(|&b| b == b'[')
         .unwrap_or(decoded.len());
     let head = decoded.get(..cut).unwrap_or_default();
-    Cow::Owned(String::from_utf8_lossy(head).to_ascii_lowercase())
+    // Lossy, as before the comparison: two invalid names that read alike are one name.
+    Cow::Owned(
+        String::from_utf8_lossy(head)
+            .to_ascii_lowercase()
+            .into_bytes(),
+    )
+}
+
+impl Param<'_> {
+    /// Whether this parameter's normalized name is `name`.
+    pub(crate) fn is(&self, name: &str) -> bool {
+        *self.name == *name.as_bytes()
+    }
 }
 
 /// The bytes [`parse`] stops at: `&`, `=`, `+` and `%`.
@@ -177,7 +188,7 @@ pub(crate) fn has_unclosed_bracket(name: &[u8]) -> bool {
 }
 
 /// The first name that occurs more than once, if any.
-pub(crate) fn first_duplicate<'p>(params: &'p [Param<'_>]) -> Option<&'p str> {
+pub(crate) fn first_duplicate<'p>(params: &'p [Param<'_>]) -> Option<&'p [u8]> {
     if params.len() <= 16 {
         for (i, p) in params.iter().enumerate() {
             if params.iter().skip(i + 1).any(|q| q.name == p.name) {
@@ -186,7 +197,7 @@ pub(crate) fn first_duplicate<'p>(params: &'p [Param<'_>]) -> Option<&'p str> {
         }
         return None;
     }
-    let mut names: Vec<&str> = params.iter().map(|p| p.name.as_ref()).collect();
+    let mut names: Vec<&[u8]> = params.iter().map(|p| p.name.as_ref()).collect();
     names.sort_unstable();
     names.windows(2).find_map(|w| match w {
         [a, b] if a == b => Some(*a),
@@ -195,14 +206,14 @@ pub(crate) fn first_duplicate<'p>(params: &'p [Param<'_>]) -> Option<&'p str> {
 }
 
 /// The first name present in both lists, if any.
-pub(crate) fn first_shared<'p>(a: &'p [Param<'_>], b: &[Param<'_>]) -> Option<&'p str> {
+pub(crate) fn first_shared<'p>(a: &'p [Param<'_>], b: &[Param<'_>]) -> Option<&'p [u8]> {
     if a.len().saturating_mul(b.len()) <= 256 {
         return a
             .iter()
             .find(|p| b.iter().any(|q| q.name == p.name))
             .map(|p| p.name.as_ref());
     }
-    let mut names: Vec<&str> = b.iter().map(|p| p.name.as_ref()).collect();
+    let mut names: Vec<&[u8]> = b.iter().map(|p| p.name.as_ref()).collect();
     names.sort_unstable();
     a.iter()
         .find(|p| names.binary_search(&p.name.as_ref()).is_ok())
@@ -211,7 +222,7 @@ pub(crate) fn first_shared<'p>(a: &'p [Param<'_>], b: &[Param<'_>]) -> Option<&'
 
 /// Looks a parameter up by its normalized name.
 pub(crate) fn find<'p, 'a>(params: &'p [Param<'a>], name: &str) -> Option<&'p Param<'a>> {
-    params.iter().find(|p| p.name == name)
+    params.iter().find(|p| p.is(name))
 }
 
 /// A parameter's value, with an empty value read as absent (RFC 6749 §3.1).
@@ -253,7 +264,7 @@ mod tests {
             .into_iter()
             .map(|p| {
                 (
-                    p.name.into_owned(),
+                    String::from_utf8_lossy(&p.name).into_owned(),
                     String::from_utf8_lossy(&p.value).into_owned(),
                 )
             })
@@ -305,19 +316,26 @@ mod tests {
         ];
         for (input, expected) in cases {
             let params = parse(input.as_bytes());
-            assert_eq!(first_duplicate(&params), *expected, "input {input:?}");
+            assert_eq!(
+                first_duplicate(&params),
+                expected.map(str::as_bytes),
+                "input {input:?}"
+            );
         }
         let many: String = (0..20_000).map(|i| format!("p{i}=x&")).collect();
         assert_eq!(first_duplicate(&parse(many.as_bytes())), None);
         let many = format!("{many}p19999=y");
-        assert_eq!(first_duplicate(&parse(many.as_bytes())), Some("p19999"));
+        assert_eq!(
+            first_duplicate(&parse(many.as_bytes())),
+            Some(&b"p19999"[..])
+        );
     }
 
     #[test]
     fn finds_shared_names() {
         let a = parse(b"a=1&b=2");
         assert_eq!(first_shared(&a, &parse(b"c=3")), None);
-        assert_eq!(first_shared(&a, &parse(b"c=3&B[]=4")), Some("b"));
+        assert_eq!(first_shared(&a, &parse(b"c=3&B[]=4")), Some(&b"b"[..]));
     }
 
     #[test]

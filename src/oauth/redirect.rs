@@ -87,7 +87,7 @@ pub(crate) fn capture(location: &str) -> Option<Capture<'_>> {
     for (start, end) in [query, fragment].into_iter().flatten() {
         let component = location.get(start..end).unwrap_or_default();
         let list = params::parse(component.as_bytes());
-        let count = |name: &str| list.iter().filter(|p| p.name == name).count();
+        let count = |name: &str| list.iter().filter(|p| p.is(name)).count();
         if count("state") != 1 || count("code") > 1 || count("error") > 1 {
             continue;
         }
@@ -111,7 +111,7 @@ pub(crate) fn capture(location: &str) -> Option<Capture<'_>> {
             .filter(|value| is_handle(value.as_bytes()))?;
         let code = list
             .into_iter()
-            .find(|p| p.name == "code" && !p.value.is_empty())
+            .find(|p| p.is("code") && !p.value.is_empty())
             .map(|p| p.value);
         return Some(Capture {
             handle,

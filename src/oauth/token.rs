@@ -40,11 +40,11 @@ fn lax_name(name: &str) -> String {
 
 /// Whether a parameter name is plain (`[A-Za-z0-9_-]`, after a `[...]` suffix is dropped).
 /// Anything else at the token endpoint may be read under another name by a lenient upstream.
-fn is_plain_name(name: &str) -> bool {
+fn is_plain_name(name: &[u8]) -> bool {
     !name.is_empty()
         && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// Whether a token request's query string carries OAuth parameters, however a lenient server
@@ -56,7 +56,7 @@ pub(crate) fn query_has_oauth_params(query: &[u8]) -> bool {
         .collect();
     params::parse(&split)
         .iter()
-        .any(|p| BODY_ONLY.contains(&lax_name(&p.name).as_str()))
+        .any(|p| BODY_ONLY.contains(&lax_name(&String::from_utf8_lossy(&p.name)).as_str()))
 }
 
 /// How a token request body is encoded.
@@ -161,7 +161,7 @@ pub(crate) fn parse_form(body: &[u8]) -> Result<TokenParams<'_>, Reason> {
     // `_` (`client[id` is `client_id`), and no token request needs brackets.
     if list
         .iter()
-        .any(|p| !std::str::from_utf8(&params::raw_name(body, p)).is_ok_and(is_plain_name))
+        .any(|p| !is_plain_name(&params::raw_name(body, p)))
     {
         return Err(Reason::MalformedParameter);
     }
@@ -176,7 +176,7 @@ pub(crate) fn parse_form(body: &[u8]) -> Result<TokenParams<'_>, Reason> {
         grant.is_empty() || carries_code || grant.eq_ignore_ascii_case("authorization_code");
     let code = list
         .iter()
-        .position(|p| p.name == "code" && !p.value.is_empty());
+        .position(|p| p.is("code") && !p.value.is_empty());
     let verifier = text(params::value(&list, "code_verifier"))?;
     let client_id = text(params::value(&list, "client_id"))?;
     let client_secret = params::value(&list, "client_secret").is_some();
