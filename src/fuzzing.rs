@@ -27,7 +27,7 @@ use crate::oauth::{form_post, json, metadata, params, path, redirect};
 const HANDLE: &str = "AAAAAAAAAAAAAAAAAAAAAA";
 
 /// Everything of an authorization request the layer reads, except where `state` is.
-fn same_request(a: &AuthorizeParams, b: &AuthorizeParams) -> bool {
+fn same_request(a: &AuthorizeParams<'_>, b: &AuthorizeParams<'_>) -> bool {
     a.wants_code == b.wants_code
         && a.hybrid == b.hybrid
         && a.client_id == b.client_id

@@ -438,7 +438,7 @@ impl Handle {
 fn authorize_refusal(
     shared: &Shared,
     reason: Reason,
-    params: Option<&AuthorizeParams>,
+    params: Option<&AuthorizeParams<'_>>,
     accept: Option<&HeaderValue>,
 ) -> Response<Bytes> {
     let redirect = params.and_then(|p| {
@@ -463,7 +463,7 @@ fn authorize_refusal(
 /// live handle is an attempt on someone else's flow.
 fn reentry_matches(
     flow: &PendingFlow,
-    params: &AuthorizeParams,
+    params: &AuthorizeParams<'_>,
     allow_plain: bool,
 ) -> Result<(), Reason> {
     let challenge = if params.challenge.is_some() || params.method.is_some() {
@@ -490,7 +490,7 @@ enum AuthorizeDecision {
 
 async fn decide_authorize(
     shared: &Shared,
-    params: &AuthorizeParams,
+    params: &AuthorizeParams<'_>,
     pushed: bool,
 ) -> Result<AuthorizeDecision, Reason> {
     let config = &shared.config;
@@ -562,11 +562,11 @@ async fn decide_authorize(
 
 /// The decision on a parsed authorization (or pushed) request; a refusal keeps the parameters
 /// it could read, for the error response.
-async fn decide_parsed(
+async fn decide_parsed<'a>(
     shared: &Shared,
-    parsed: Result<AuthorizeParams, Reason>,
+    parsed: Result<AuthorizeParams<'a>, Reason>,
     pushed: bool,
-) -> Result<(AuthorizeDecision, AuthorizeParams), (Reason, Option<AuthorizeParams>)> {
+) -> Result<(AuthorizeDecision, AuthorizeParams<'a>), (Reason, Option<AuthorizeParams<'a>>)> {
     match parsed {
         Err(reason) => Err((reason, None)),
         // Not a code flow, unless a request object or a request by reference may make it one
@@ -592,7 +592,7 @@ async fn decide_parsed(
 /// shape costs a store lookup.
 async fn live_flow(
     shared: &Shared,
-    params: &AuthorizeParams,
+    params: &AuthorizeParams<'_>,
 ) -> Result<Option<PendingFlow>, Reason> {
     let Some(state) = params
         .state
@@ -615,7 +615,7 @@ fn pushed_key(request_uri: &str) -> StoreKey {
 /// must be the pushed ones.
 async fn decide_by_request_uri(
     shared: &Shared,
-    params: &AuthorizeParams,
+    params: &AuthorizeParams<'_>,
     client_id: &str,
     request_uri: &str,
 ) -> Result<AuthorizeDecision, Reason> {
@@ -907,13 +907,18 @@ where
         }
     };
 
-    let mut buffered = buffered;
+    // What is left to do needs two facts of the parameters, which borrow the request.
+    let state_at = params.state_at.clone();
+    // The answer may be a form_post page, which the layer reads.
+    let reads_page =
+        params.response_mode.as_deref() == Some("form_post") || params.request_uri.is_some();
+    let mut replaced = None;
     if let AuthorizeDecision::Wrapped(handle) = decision {
-        match params.state_at.clone() {
+        match state_at {
             Some((Part::Body, span)) => {
                 if let Some(bytes) = buffered.as_ref() {
                     let body = authorize::put_state(bytes, Some(span), handle.as_str());
-                    buffered = Some(Bytes::from(body));
+                    replaced = Some(Bytes::from(body));
                 }
             }
             at => {
@@ -934,11 +939,12 @@ where
             }
         }
     }
+    let buffered = replaced.or(buffered);
     if let Some(bytes) = &buffered {
         set_length(&mut parts.headers, bytes.len());
     }
-    if params.response_mode.as_deref() == Some("form_post") || params.request_uri.is_some() {
-        // The answer may be a form_post page, which the layer reads: ask for it uncompressed.
+    if reads_page {
+        // Ask for the page uncompressed.
         parts.headers.remove(header::ACCEPT_ENCODING);
     }
     Ok(Request::from_parts(parts, forward_body(buffered, body)))

@@ -1,6 +1,7 @@
 //! Authorization requests (RFC 6749 §4.1.1, RFC 7636 §4.3): reading the parameters the layer
 //! acts on, and the PKCE policy.
 
+use std::borrow::Cow;
 use std::ops::Range;
 
 use super::error::Reason;
@@ -14,49 +15,53 @@ pub(crate) enum Part {
     Body,
 }
 
-/// The parameters of an authorization request that the layer reads. No `Debug`: `state` may
-/// be a secret of the client's.
+/// The parameters of an authorization request that the layer reads, borrowed from the request
+/// where they needed no decoding. No `Debug`: `state` may be a secret of the client's.
 #[derive(Default)]
-pub(crate) struct AuthorizeParams {
+pub(crate) struct AuthorizeParams<'a> {
     /// `response_type` contains `code` (compared without regard to case, so a lenient
     /// upstream cannot see a code flow the layer did not).
     pub(crate) wants_code: bool,
     /// `response_type` has more than `code` (a hybrid flow), so responses default to the
     /// fragment.
     pub(crate) hybrid: bool,
-    pub(crate) client_id: Option<String>,
-    pub(crate) redirect_uri: Option<String>,
-    pub(crate) state: Option<String>,
+    pub(crate) client_id: Option<Cow<'a, str>>,
+    pub(crate) redirect_uri: Option<Cow<'a, str>>,
+    pub(crate) state: Option<Cow<'a, str>>,
     /// Where the `state` pair is, to replace it.
     pub(crate) state_at: Option<(Part, Range<usize>)>,
-    pub(crate) challenge: Option<String>,
-    pub(crate) method: Option<String>,
-    pub(crate) response_mode: Option<String>,
+    pub(crate) challenge: Option<Cow<'a, str>>,
+    pub(crate) method: Option<Cow<'a, str>>,
+    pub(crate) response_mode: Option<Cow<'a, str>>,
     /// `request` or `request_uri` is present.
     pub(crate) request_object: bool,
     /// A signed `request` object is present.
     pub(crate) request: bool,
     /// `request_uri`, a reference to a pushed authorization request (RFC 9126).
-    pub(crate) request_uri: Option<String>,
+    pub(crate) request_uri: Option<Cow<'a, str>>,
 }
 
-fn utf8(value: Option<&[u8]>) -> Result<Option<String>, Reason> {
-    value
-        .map(|v| {
-            std::str::from_utf8(v)
-                .map(str::to_owned)
-                .map_err(|_| Reason::MalformedParameter)
-        })
-        .transpose()
+/// A value as text: borrowed from the request when it was not decoded, else the decoded bytes
+/// themselves (no copy).
+fn utf8(value: Option<Cow<'_, [u8]>>) -> Result<Option<Cow<'_, str>>, Reason> {
+    let text = match value {
+        None => return Ok(None),
+        Some(Cow::Borrowed(v)) => std::str::from_utf8(v).map(Cow::Borrowed).ok(),
+        Some(Cow::Owned(v)) => String::from_utf8(v).map(Cow::Owned).ok(),
+    };
+    text.map(Some).ok_or(Reason::MalformedParameter)
 }
 
 /// Reads an authorization request from its query and, for a POST, its form body.
 ///
 /// Refuses a repeated parameter and a parameter in both places (RFC 6749 §3.1), whatever its
 /// name, before anything else: a lenient upstream could read either copy.
-pub(crate) fn parse(query: &[u8], body: Option<&[u8]>) -> Result<AuthorizeParams, Reason> {
-    let query_params = params::parse(query);
-    let body_params = body.map(params::parse).unwrap_or_default();
+pub(crate) fn parse<'a>(
+    query: &'a [u8],
+    body: Option<&'a [u8]>,
+) -> Result<AuthorizeParams<'a>, Reason> {
+    let mut query_params = params::parse(query);
+    let mut body_params = body.map(params::parse).unwrap_or_default();
     if params::first_duplicate(&query_params).is_some()
         || params::first_duplicate(&body_params).is_some()
     {
@@ -72,41 +77,56 @@ pub(crate) fn parse(query: &[u8], body: Option<&[u8]>) -> Result<AuthorizeParams
     if unclosed(query, &query_params) || unclosed(body.unwrap_or_default(), &body_params) {
         return Err(Reason::MalformedParameter);
     }
-    let lookup = |name: &str| -> Option<(Part, &Param<'_>)> {
-        params::find(&query_params, name)
-            .map(|p| (Part::Query, p))
-            .or_else(|| params::find(&body_params, name).map(|p| (Part::Body, p)))
+    // Each name is in one place at most (checked above): its value is taken out of the list,
+    // so a value that needed no decoding stays borrowed from the request.
+    let mut take = |name: &str| -> Option<(Part, Range<usize>, Cow<'a, [u8]>)> {
+        let (part, param) = match query_params.iter_mut().find(|p| p.is(name)) {
+            Some(param) => (Part::Query, param),
+            None => (Part::Body, body_params.iter_mut().find(|p| p.is(name))?),
+        };
+        Some((part, param.span.clone(), std::mem::take(&mut param.value)))
     };
-    let value = |name: &str| -> Option<&[u8]> {
-        lookup(name)
-            .map(|(_, p)| p.value.as_ref())
-            .filter(|v| !v.is_empty())
+    // An empty value is read as absent (RFC 6749 §3.1).
+    let value = |found: Option<(Part, Range<usize>, Cow<'a, [u8]>)>| {
+        found.map(|(_, _, v)| v).filter(|v| !v.is_empty())
     };
 
-    let response_type = value("response_type").unwrap_or_default();
-    std::str::from_utf8(response_type).map_err(|_| Reason::MalformedParameter)?;
+    let response_type = value(take("response_type")).unwrap_or_default();
+    std::str::from_utf8(&response_type).map_err(|_| Reason::MalformedParameter)?;
     let tokens = || {
         response_type
             .split(|&b| b == b' ')
             .filter(|t| !t.is_empty())
     };
     let wants_code = tokens().any(|t| t.eq_ignore_ascii_case(b"code"));
+    let hybrid = wants_code && tokens().nth(1).is_some();
     // An empty `state` is still a state (RFC 6749 §4.1.2: present in the request, present in
     // the response), and its pair is where the handle goes.
-    let state_pair = lookup("state");
+    let (state, state_at) = match take("state") {
+        Some((part, span, value)) => (Some(value), Some((part, span))),
+        None => (None, None),
+    };
+    let client_id = utf8(value(take("client_id")))?;
+    let redirect_uri = utf8(value(take("redirect_uri")))?;
+    let state = utf8(state)?;
+    let challenge = utf8(value(take("code_challenge")))?;
+    let method = utf8(value(take("code_challenge_method")))?;
+    let response_mode = utf8(value(take("response_mode")))?;
+    let request = value(take("request")).is_some();
+    let request_uri = utf8(value(take("request_uri")))?;
     Ok(AuthorizeParams {
         wants_code,
-        hybrid: wants_code && tokens().nth(1).is_some(),
-        client_id: utf8(value("client_id"))?,
-        redirect_uri: utf8(value("redirect_uri"))?,
-        state: utf8(state_pair.map(|(_, p)| p.value.as_ref()))?,
-        state_at: state_pair.map(|(part, p)| (part, p.span.clone())),
-        challenge: utf8(value("code_challenge"))?,
-        method: utf8(value("code_challenge_method"))?,
-        response_mode: utf8(value("response_mode"))?,
-        request_object: value("request").is_some() || value("request_uri").is_some(),
-        request: value("request").is_some(),
-        request_uri: utf8(value("request_uri"))?,
+        hybrid,
+        client_id,
+        redirect_uri,
+        state,
+        state_at,
+        challenge,
+        method,
+        response_mode,
+        request_object: request || request_uri.is_some(),
+        request,
+        request_uri,
     })
 }
 
@@ -141,7 +161,7 @@ pub(crate) fn state_pieces<'a>(
 ///
 /// A challenge without a method is `plain` (RFC 7636 §4.3), never taken as S256.
 pub(crate) fn check_pkce(
-    params: &AuthorizeParams,
+    params: &AuthorizeParams<'_>,
     allow_plain: bool,
     exempt: bool,
 ) -> Result<Option<CodeChallenge>, Reason> {
@@ -167,7 +187,7 @@ pub(crate) fn check_pkce(
 /// Where an error redirect for this request goes: the fragment for `response_mode=fragment`
 /// and for hybrid response types without a mode; `None` for `form_post` (which needs a page,
 /// not a redirect).
-pub(crate) fn error_in_fragment(params: &AuthorizeParams) -> Option<bool> {
+pub(crate) fn error_in_fragment(params: &AuthorizeParams<'_>) -> Option<bool> {
     match params.response_mode.as_deref() {
         Some("fragment") => Some(true),
         Some("query") => Some(false),
@@ -182,16 +202,16 @@ mod tests {
 
     const C: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
 
-    fn parse_q(query: &str) -> Result<AuthorizeParams, Reason> {
+    fn parse_q(query: &str) -> Result<AuthorizeParams<'_>, Reason> {
         parse(query.as_bytes(), None)
     }
 
     #[test]
     fn reads_parameters() {
-        let p = parse_q(&format!(
+        let query = format!(
             "response_type=code&client_id=app&redirect_uri=https%3A%2F%2Fa.example%2Fcb&state=a+b%26c&code_challenge={C}&code_challenge_method=S256"
-        ))
-        .unwrap();
+        );
+        let p = parse_q(&query).unwrap();
         assert!(p.wants_code);
         assert!(!p.hybrid);
         assert_eq!(p.client_id.as_deref(), Some("app"));
@@ -350,8 +370,8 @@ mod tests {
         ];
         for (challenge, method, allow_plain, exempt, expected) in cases {
             let params = AuthorizeParams {
-                challenge: challenge.map(str::to_owned),
-                method: method.map(str::to_owned),
+                challenge: challenge.map(Cow::Borrowed),
+                method: method.map(Cow::Borrowed),
                 ..Default::default()
             };
             let got = check_pkce(&params, allow_plain, exempt).map(|c| c.map(|c| c.method()));
@@ -373,7 +393,7 @@ mod tests {
         ];
         for (mode, hybrid, expected) in cases {
             let params = AuthorizeParams {
-                response_mode: mode.map(str::to_owned),
+                response_mode: mode.map(Cow::Borrowed),
                 hybrid,
                 ..Default::default()
             };
@@ -403,20 +423,17 @@ mod tests {
     }
 
     /// The request as the layer reads it, except where `state` is.
-    fn reading(p: &AuthorizeParams) -> impl PartialEq + std::fmt::Debug {
+    fn reading(p: &AuthorizeParams<'_>) -> impl PartialEq + std::fmt::Debug {
+        let text = |v: &Option<Cow<'_, str>>| v.as_deref().map(str::to_owned);
         (
             (
                 p.wants_code,
                 p.hybrid,
-                p.client_id.clone(),
-                p.redirect_uri.clone(),
+                text(&p.client_id),
+                text(&p.redirect_uri),
             ),
-            (
-                p.challenge.clone(),
-                p.method.clone(),
-                p.response_mode.clone(),
-            ),
-            (p.request_object, p.request, p.request_uri.clone()),
+            (text(&p.challenge), text(&p.method), text(&p.response_mode)),
+            (p.request_object, p.request, text(&p.request_uri)),
         )
     }
 
