@@ -393,9 +393,38 @@ async fn store_flow<S: ChallengeStore>(store: &S, n: u64, challenge: &CodeChalle
 // What `criterion_group!` and `criterion_main!` expand to, written out: the macro's `pub fn`
 // trips the crate's `missing_docs` lint.
 fn main() {
+    if let Ok(spec) = std::env::var("TOWER_PKCE_FLOW_LOOP") {
+        return flow_loop(&spec);
+    }
     let mut c = Criterion::default().configure_from_args();
     bench_flow(&mut c);
     bench_passthrough(&mut c);
     bench_pieces(&mut c);
     c.final_summary();
+}
+
+/// `TOWER_PKCE_FLOW_LOOP=N:with_layer` (or `N:without_layer`): no criterion, just 200 flows to
+/// warm up and then N more, for a tool that counts what the process did (callgrind; see
+/// `benches/flow_instructions.sh`). The layer's store has 1-second lifetimes, as in
+/// `flow/with_layer_steady_store`.
+fn flow_loop(spec: &str) {
+    let (count, mode) = spec.split_once(':').unwrap_or((spec, "with_layer"));
+    let count: usize = count
+        .parse()
+        .unwrap_or_else(|e| panic!("TOWER_PKCE_FLOW_LOOP={spec}: {e}"));
+    let rt = runtime();
+    let clients = clients();
+    preflight(&rt, &clients);
+    let layered = steady_layer().layer(tower::service_fn(legacy));
+    let plain = tower::service_fn(legacy);
+    rt.block_on(async {
+        for (i, client) in clients.iter().cycle().take(200 + count).enumerate() {
+            let (status, _) = match mode {
+                "with_layer" => flow(&layered, client).await,
+                "without_layer" => flow(&plain, client).await,
+                _ => panic!("TOWER_PKCE_FLOW_LOOP={spec}: with_layer or without_layer"),
+            };
+            assert_eq!(status, StatusCode::OK, "flow {i}");
+        }
+    });
 }
