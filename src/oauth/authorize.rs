@@ -41,15 +41,8 @@ pub(crate) struct AuthorizeParams<'a> {
     pub(crate) request_uri: Option<Cow<'a, str>>,
 }
 
-/// A value as text: borrowed from the request when it was not decoded, else the decoded bytes
-/// themselves (no copy).
 fn utf8(value: Option<Cow<'_, [u8]>>) -> Result<Option<Cow<'_, str>>, Reason> {
-    let text = match value {
-        None => return Ok(None),
-        Some(Cow::Borrowed(v)) => std::str::from_utf8(v).map(Cow::Borrowed).ok(),
-        Some(Cow::Owned(v)) => String::from_utf8(v).map(Cow::Owned).ok(),
-    };
-    text.map(Some).ok_or(Reason::MalformedParameter)
+    params::text(value).map_err(|()| Reason::MalformedParameter)
 }
 
 /// Reads an authorization request from its query and, for a POST, its form body.

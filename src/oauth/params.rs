@@ -225,6 +225,27 @@ pub(crate) fn find<'p, 'a>(params: &'p [Param<'a>], name: &str) -> Option<&'p Pa
     params.iter().find(|p| p.is(name))
 }
 
+/// Takes a parameter's value out of the list, with an empty value read as absent: a value
+/// that needed no decoding stays borrowed from the input.
+pub(crate) fn take<'a>(params: &mut [Param<'a>], name: &str) -> Option<Cow<'a, [u8]>> {
+    let param = params.iter_mut().find(|p| p.is(name))?;
+    Some(std::mem::take(&mut param.value)).filter(|v| !v.is_empty())
+}
+
+/// A value as text: borrowed when it was borrowed, else the decoded bytes themselves (no
+/// copy). `Err(())` for a value that is not UTF-8.
+pub(crate) fn text(value: Option<Cow<'_, [u8]>>) -> Result<Option<Cow<'_, str>>, ()> {
+    match value {
+        None => Ok(None),
+        Some(Cow::Borrowed(v)) => std::str::from_utf8(v)
+            .map(|t| Some(Cow::Borrowed(t)))
+            .map_err(drop),
+        Some(Cow::Owned(v)) => String::from_utf8(v)
+            .map(|t| Some(Cow::Owned(t)))
+            .map_err(drop),
+    }
+}
+
 /// A parameter's value, with an empty value read as absent (RFC 6749 §3.1).
 pub(crate) fn value<'p>(params: &'p [Param<'_>], name: &str) -> Option<&'p [u8]> {
     find(params, name)

@@ -131,19 +131,14 @@ pub(crate) struct TokenParams<'a> {
     /// `grant_type` is `authorization_code` (compared leniently: trimmed, any case).
     pub(crate) authorization_code: bool,
     pub(crate) code: Option<Cow<'a, [u8]>>,
-    pub(crate) verifier: Option<String>,
-    pub(crate) client_id: Option<String>,
+    pub(crate) verifier: Option<Cow<'a, str>>,
+    pub(crate) client_id: Option<Cow<'a, str>>,
     pub(crate) client_secret: bool,
     pub(crate) client_assertion: bool,
 }
 
-fn text(p: Option<&[u8]>) -> Result<Option<String>, Reason> {
-    p.map(|v| {
-        std::str::from_utf8(v)
-            .map(str::to_owned)
-            .map_err(|_| Reason::MalformedParameter)
-    })
-    .transpose()
+fn text(value: Option<Cow<'_, [u8]>>) -> Result<Option<Cow<'_, str>>, Reason> {
+    params::text(value).map_err(|()| Reason::MalformedParameter)
 }
 
 /// Reads a form-encoded token request body. A repeated parameter is refused.
@@ -156,7 +151,7 @@ pub(crate) fn parse_form(body: &[u8]) -> Result<TokenParams<'_>, Reason> {
     if body.contains(&b';') {
         return Err(Reason::MalformedParameter);
     }
-    let list: Vec<Param<'_>> = params::parse(body);
+    let mut list: Vec<Param<'_>> = params::parse(body);
     // Names are plain as sent, without a `[...]` suffix either: PHP reads an unclosed `[` as
     // `_` (`client[id` is `client_id`), and no token request needs brackets.
     if list
@@ -174,14 +169,11 @@ pub(crate) fn parse_form(body: &[u8]) -> Result<TokenParams<'_>, Reason> {
         params::find(&list, "code").is_some() || params::find(&list, "code_verifier").is_some();
     let authorization_code =
         grant.is_empty() || carries_code || grant.eq_ignore_ascii_case("authorization_code");
-    let code = list
-        .iter()
-        .position(|p| p.is("code") && !p.value.is_empty());
-    let verifier = text(params::value(&list, "code_verifier"))?;
-    let client_id = text(params::value(&list, "client_id"))?;
     let client_secret = params::value(&list, "client_secret").is_some();
     let client_assertion = params::value(&list, "client_assertion").is_some();
-    let code = code.and_then(|i| list.into_iter().nth(i)).map(|p| p.value);
+    let code = params::take(&mut list, "code");
+    let verifier = text(params::take(&mut list, "code_verifier"))?;
+    let client_id = text(params::take(&mut list, "client_id"))?;
     Ok(TokenParams {
         authorization_code,
         code,
@@ -260,14 +252,17 @@ pub(crate) fn client_identity(
         return Err(Reason::MultipleClientAuth);
     }
     let Some(user) = basic else {
-        return Ok(params.client_id.clone().map(ClientName::plain));
+        return Ok(params
+            .client_id
+            .as_deref()
+            .map(|id| ClientName::plain(id.to_owned())));
     };
     if params.client_secret || params.client_assertion {
         return Err(Reason::MultipleClientAuth);
     }
     match &params.client_id {
         // The body says which reading is meant.
-        Some(id) if user.is(id) => Ok(Some(ClientName::plain(id.clone()))),
+        Some(id) if user.is(id) => Ok(Some(ClientName::plain(id.to_string()))),
         Some(_) => Err(Reason::ClientIdMismatch),
         None => Ok(Some(user)),
     }
