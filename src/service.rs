@@ -390,21 +390,24 @@ fn is_form_or_untyped(headers: &HeaderMap) -> bool {
     )
 }
 
-/// `uri` with its query made of `pieces`, built in one buffer of the exact length (which the
-/// new URI then holds without a copy).
-fn with_query(uri: &Uri, pieces: &[&[u8]]) -> Option<Uri> {
-    let path = uri.path().as_bytes();
+/// A path and query: `path`, then `?` and the `pieces` of the query, in one buffer of the
+/// exact length (which the new URI then holds without a copy).
+fn path_and_query(path: &str, pieces: &[&[u8]]) -> Vec<u8> {
     let query_len: usize = pieces.iter().map(|p| p.len()).sum();
-    let mut path_and_query = Vec::with_capacity(path.len() + 1 + query_len);
-    path_and_query.extend_from_slice(path);
+    let mut out = Vec::with_capacity(path.len() + 1 + query_len);
+    out.extend_from_slice(path.as_bytes());
     if query_len > 0 {
-        path_and_query.push(b'?');
-        pieces
-            .iter()
-            .for_each(|p| path_and_query.extend_from_slice(p));
+        out.push(b'?');
+        pieces.iter().for_each(|p| out.extend_from_slice(p));
     }
+    out
+}
+
+/// `uri` with `path_and_query` in place of its own. Its other parts are moved, not cloned
+/// (a clone of a `Bytes` the request was parsed into allocates).
+fn with_path_and_query(uri: Uri, path_and_query: Vec<u8>) -> Option<Uri> {
     std::str::from_utf8(&path_and_query).ok()?;
-    let mut parts = uri.clone().into_parts();
+    let mut parts = uri.into_parts();
     parts.path_and_query = Some(PathAndQuery::from_maybe_shared(Bytes::from(path_and_query)).ok()?);
     Uri::from_parts(parts).ok()
 }
@@ -924,7 +927,8 @@ where
             at => {
                 let pieces =
                     authorize::state_pieces(query, at.map(|(_, span)| span), handle.as_str());
-                match with_query(&parts.uri, &pieces) {
+                let rewritten = path_and_query(parts.uri.path(), &pieces);
+                match with_path_and_query(std::mem::take(&mut parts.uri), rewritten) {
                     Some(uri) => parts.uri = uri,
                     None => {
                         // Unreachable for a valid request URI; fail closed all the same.
