@@ -414,6 +414,7 @@ fn flow_loop(spec: &str) {
         .unwrap_or_else(|e| panic!("TOWER_PKCE_FLOW_LOOP={spec}: {e}"));
     let rt = runtime();
     let clients = clients();
+    assert!(!clients.is_empty());
     preflight(&rt, &clients);
     let layered = steady_layer().layer(tower::service_fn(legacy));
     let plain = tower::service_fn(legacy);

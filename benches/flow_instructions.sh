@@ -18,6 +18,7 @@ FLOWS=${FLOWS:-5000}
 command -v valgrind >/dev/null || { echo "valgrind is missing (apt-get install -y valgrind)" >&2; exit 1; }
 
 cd "$ROOT"
+cargo bench --bench flow --no-run >/dev/null   # build errors, if any, show here
 BENCH=$(cargo bench --bench flow --no-run --message-format=json 2>/dev/null |
     python3 -c 'import json,sys
 for line in sys.stdin:

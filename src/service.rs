@@ -419,10 +419,14 @@ impl Handle {
     fn mint() -> Self {
         let mut bytes = [0u8; 16];
         rand::rng().fill_bytes(&mut bytes);
+        // 16 bytes are exactly 22 characters of base64url without padding (checked below at
+        // compile time), so this cannot fail. Were it to, the handle would be 22 NULs: no
+        // redirect ever carries one back (`redirect::capture` reads only the handle's shape),
+        // so that flow would expire unused and its code fail closed.
+        const _: () = assert!(redirect::HANDLE_LEN == 16_usize.div_ceil(3) * 4 - 2);
         let mut handle = [0u8; redirect::HANDLE_LEN];
-        // 16 bytes are exactly 22 characters: this cannot fail, and a handle of zeros (which
-        // no flow's would match) is what an impossible failure leaves.
-        let _ = URL_SAFE_NO_PAD.encode_slice(bytes, &mut handle);
+        let written = URL_SAFE_NO_PAD.encode_slice(bytes, &mut handle);
+        debug_assert_eq!(written.ok(), Some(redirect::HANDLE_LEN));
         Self(handle)
     }
 
@@ -1612,6 +1616,15 @@ mod tests {
                 .map(|v| v.to_str().unwrap_or("?").to_owned())
                 .collect::<Vec<_>>()
         };
+        // The one canonical length is kept as it was (the same value, not a rewritten one).
+        let sent = "12";
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static(sent));
+        set_length(&mut headers, 12);
+        let kept = headers
+            .get(header::CONTENT_LENGTH)
+            .map(|v| v.as_bytes().as_ptr());
+        assert_eq!(kept, Some(sent.as_ptr()));
         assert_eq!(length(&["12"], false), ["12"]);
         assert_eq!(length(&[], false), ["12"]);
         assert_eq!(length(&["012"], false), ["12"]);

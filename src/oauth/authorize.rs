@@ -205,6 +205,11 @@ mod tests {
             "response_type=code&client_id=app&redirect_uri=https%3A%2F%2Fa.example%2Fcb&state=a+b%26c&code_challenge={C}&code_challenge_method=S256"
         );
         let p = parse_q(&query).unwrap();
+        // Values that needed no decoding are borrowed from the request; decoded ones are not.
+        assert!(matches!(p.client_id, Some(Cow::Borrowed("app"))));
+        assert!(matches!(p.challenge, Some(Cow::Borrowed(_))));
+        assert!(matches!(p.redirect_uri, Some(Cow::Owned(_))));
+        assert!(matches!(p.state, Some(Cow::Owned(_))));
         assert!(p.wants_code);
         assert!(!p.hybrid);
         assert_eq!(p.client_id.as_deref(), Some("app"));

@@ -391,8 +391,34 @@ mod tests {
 
     #[test]
     fn decodes_what_form_encoding_encodes() {
-        assert_eq!(encode("a b&c=d/é"), "a+b%26c%3Dd%2F%C3%A9");
-        let encoded = format!("s={}", encode("x y+z%"));
-        assert_eq!(value(&parse(encoded.as_bytes()), "s"), Some(&b"x y+z%"[..]));
+        let encoded = format!("s={}", encode("x y+z%&é"));
+        assert_eq!(
+            value(&parse(encoded.as_bytes()), "s"),
+            Some("x y+z%&é".as_bytes())
+        );
+    }
+
+    #[test]
+    fn values_are_borrowed_unless_decoded_and_empty_input_allocates_nothing() {
+        assert_eq!(parse(b"").capacity(), 0);
+        let mut params = parse(b"a=plain&b=x%20y&c=&d=p+q");
+        assert!(matches!(
+            take(&mut params, "a"),
+            Some(Cow::Borrowed(b"plain"))
+        ));
+        assert!(matches!(take(&mut params, "b"), Some(Cow::Owned(v)) if v == b"x y"));
+        assert!(take(&mut params, "c").is_none(), "an empty value is absent");
+        assert!(matches!(take(&mut params, "d"), Some(Cow::Owned(v)) if v == b"p q"));
+        assert!(take(&mut params, "a").is_none(), "taken once");
+        assert!(matches!(
+            text(Some(Cow::Borrowed(b"ok"))),
+            Ok(Some(Cow::Borrowed("ok")))
+        ));
+        assert!(matches!(
+            text(Some(Cow::Owned(b"ok".to_vec()))),
+            Ok(Some(Cow::Owned(_)))
+        ));
+        assert!(text(Some(Cow::Borrowed(&[0xff][..]))).is_err());
+        assert!(text(Some(Cow::Owned(vec![0xff]))).is_err());
     }
 }

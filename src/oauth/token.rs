@@ -317,6 +317,9 @@ mod tests {
         assert_eq!(p.code.as_deref(), Some(&b"abc+def"[..]));
         assert_eq!(p.verifier.as_deref(), Some("v"));
         assert_eq!(p.client_id.as_deref(), Some("app"));
+        // Borrowed from the body: nothing to decode.
+        assert!(matches!(p.verifier, Some(Cow::Borrowed(_))));
+        assert!(matches!(p.client_id, Some(Cow::Borrowed(_))));
         assert!(!p.client_secret);
 
         let grants = [
