@@ -143,14 +143,6 @@ fn code_tail(record: &mut [u8]) -> Option<(&mut u8, &mut [u8; 4])> {
     Some((state, failures.try_into().ok()?))
 }
 
-fn state_byte(state: CodeState) -> u8 {
-    match state {
-        CodeState::Live => b'L',
-        CodeState::Redeemed => b'R',
-        CodeState::Burned => b'B',
-    }
-}
-
 impl Default for MemoryStore {
     fn default() -> Self {
         Self::new()
@@ -454,9 +446,9 @@ impl MemoryStore {
 
     pub(crate) fn redeem_now(&self, code: StoreKey) -> Result<bool, StoreError> {
         let won = self.inner.update_code(code, |state, _| {
-            let live = *state == state_byte(CodeState::Live);
+            let live = *state == CodeState::Live.byte();
             if live {
-                *state = state_byte(CodeState::Redeemed);
+                *state = CodeState::Redeemed.byte();
             }
             live
         });
@@ -465,9 +457,9 @@ impl MemoryStore {
 
     pub(crate) fn unredeem_now(&self, code: StoreKey) -> Result<bool, StoreError> {
         let done = self.inner.update_code(code, |state, _| {
-            let redeemed = *state == state_byte(CodeState::Redeemed);
+            let redeemed = *state == CodeState::Redeemed.byte();
             if redeemed {
-                *state = state_byte(CodeState::Live);
+                *state = CodeState::Live.byte();
             }
             redeemed
         });
@@ -480,19 +472,14 @@ impl MemoryStore {
         max_failures: u32,
     ) -> Result<Option<CodeState>, StoreError> {
         let state = self.inner.update_code(code, |state, failures| {
-            if *state == state_byte(CodeState::Live) {
+            if *state == CodeState::Live.byte() {
                 let count = u32::from_be_bytes(*failures).saturating_add(1);
                 *failures = count.to_be_bytes();
                 if count >= max_failures {
-                    *state = state_byte(CodeState::Burned);
+                    *state = CodeState::Burned.byte();
                 }
             }
-            match *state {
-                b'L' => Ok(CodeState::Live),
-                b'R' => Ok(CodeState::Redeemed),
-                b'B' => Ok(CodeState::Burned),
-                _ => Err(StoreError::backend("corrupt record")),
-            }
+            CodeState::from_byte(*state).ok_or_else(|| StoreError::backend("corrupt record"))
         });
         state.and_then(Option::transpose)
     }

@@ -220,11 +220,7 @@ pub(crate) fn encode_code(
     out.push(FORMAT_VERSION);
     write_challenge(&mut out, challenge);
     write_str(&mut out, Some(client_id));
-    out.push(match state {
-        CodeState::Live => b'L',
-        CodeState::Redeemed => b'R',
-        CodeState::Burned => b'B',
-    });
+    out.push(state.byte());
     out.extend_from_slice(&failures.to_be_bytes());
     debug_assert_eq!(out.len(), len);
     out
@@ -240,6 +236,27 @@ pub enum CodeState {
     Redeemed,
     /// Burned after too many failed attempts.
     Burned,
+}
+
+impl CodeState {
+    /// The state's byte in a record's encoding.
+    pub(crate) fn byte(self) -> u8 {
+        match self {
+            Self::Live => b'L',
+            Self::Redeemed => b'R',
+            Self::Burned => b'B',
+        }
+    }
+
+    /// Reverses [`CodeState::byte`]; `None` for a byte no state has.
+    pub(crate) fn from_byte(byte: u8) -> Option<Self> {
+        match byte {
+            b'L' => Some(Self::Live),
+            b'R' => Some(Self::Redeemed),
+            b'B' => Some(Self::Burned),
+            _ => None,
+        }
+    }
 }
 
 /// A code's binding and state.
@@ -294,12 +311,7 @@ impl CodeRecord {
         let mut r = Reader::new(bytes)?;
         let challenge = r.challenge()?;
         let client_id = r.str()?.ok_or_else(corrupt)?;
-        let state = match r.byte()? {
-            b'L' => CodeState::Live,
-            b'R' => CodeState::Redeemed,
-            b'B' => CodeState::Burned,
-            _ => return Err(corrupt()),
-        };
+        let state = CodeState::from_byte(r.byte()?).ok_or_else(corrupt)?;
         let failures = u32::from_be_bytes(r.array()?);
         r.end()?;
         Ok(Self {
