@@ -631,9 +631,7 @@ impl LayerStore {
             }
         }
     }
-}
 
-impl LayerStore {
     /// Holds `store`, directly when it is a [`MemoryStore`].
     pub(crate) fn new<S: ChallengeStore>(store: S) -> Self {
         match (&store as &dyn Any).downcast_ref::<MemoryStore>() {
@@ -817,78 +815,15 @@ mod tests {
         assert!(!format!("{key:?}").contains("Splx"));
     }
 
-    /// A store that is not a `MemoryStore`: a memory store behind another type.
-    struct Wrapped(MemoryStore);
-
-    impl ChallengeStore for Wrapped {
-        fn create_flow(
-            &self,
-            handle: StoreKey,
-            flow: PendingFlow,
-            ttl: Duration,
-        ) -> impl Future<Output = Result<bool, StoreError>> + Send {
-            ChallengeStore::create_flow(&self.0, handle, flow, ttl)
-        }
-        fn flow(
-            &self,
-            handle: StoreKey,
-        ) -> impl Future<Output = Result<Option<PendingFlow>, StoreError>> + Send {
-            ChallengeStore::flow(&self.0, handle)
-        }
-        fn take_flow(
-            &self,
-            handle: StoreKey,
-        ) -> impl Future<Output = Result<Option<PendingFlow>, StoreError>> + Send {
-            ChallengeStore::take_flow(&self.0, handle)
-        }
-        fn bind_code(
-            &self,
-            code: StoreKey,
-            binding: CodeBinding,
-            ttl: Duration,
-        ) -> impl Future<Output = Result<bool, StoreError>> + Send {
-            ChallengeStore::bind_code(&self.0, code, binding, ttl)
-        }
-        fn record_redemption(
-            &self,
-            code: StoreKey,
-            binding: CodeBinding,
-            ttl: Duration,
-        ) -> impl Future<Output = Result<bool, StoreError>> + Send {
-            ChallengeStore::record_redemption(&self.0, code, binding, ttl)
-        }
-        fn code(
-            &self,
-            code: StoreKey,
-        ) -> impl Future<Output = Result<Option<CodeRecord>, StoreError>> + Send {
-            ChallengeStore::code(&self.0, code)
-        }
-        fn redeem(&self, code: StoreKey) -> impl Future<Output = Result<bool, StoreError>> + Send {
-            ChallengeStore::redeem(&self.0, code)
-        }
-        fn unredeem(
-            &self,
-            code: StoreKey,
-        ) -> impl Future<Output = Result<bool, StoreError>> + Send {
-            ChallengeStore::unredeem(&self.0, code)
-        }
-        fn record_failure(
-            &self,
-            code: StoreKey,
-            max_failures: u32,
-        ) -> impl Future<Output = Result<Option<CodeState>, StoreError>> + Send {
-            ChallengeStore::record_failure(&self.0, code, max_failures)
-        }
-    }
-
     #[tokio::test]
     async fn a_memory_store_is_called_directly_and_others_through_the_mirror() {
         let memory = MemoryStore::new();
         let direct = LayerStore::new(memory.clone());
         assert!(matches!(direct, LayerStore::Memory(_)));
+        // What `LayerStore::new` makes of any other store (tests/hygiene.rs and the Redis tests
+        // drive real ones through the layer): here over a memory store, to compare answers.
         let behind = MemoryStore::new();
-        let mirrored = LayerStore::new(Wrapped(behind.clone()));
-        assert!(matches!(mirrored, LayerStore::Dyn(_)));
+        let mirrored = LayerStore::Dyn(Arc::new(behind.clone()));
 
         // Both paths reach the store they were given, with the same answers.
         for (store, maps) in [(&direct, &memory), (&mirrored, &behind)] {
