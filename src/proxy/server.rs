@@ -546,13 +546,10 @@ fn remove_named(headers: &mut HeaderMap, connection: &HeaderValue) {
         return;
     };
     for name in value.split(',').map(str::trim) {
-        // `keep-alive` and the other hop-by-hop names are removed by the caller when present.
-        let hop_by_hop = HOP_BY_HOP
-            .iter()
-            .any(|h| h.as_str().eq_ignore_ascii_case(name));
-        if !name.is_empty() && !hop_by_hop && !protected(name) {
+        if !name.is_empty() && !protected(name) {
             // By `&str`: parsed on the stack, and a token that is no header name removes
-            // nothing.
+            // nothing. A hop-by-hop name (`keep-alive`) goes here or in the caller's pass,
+            // whichever comes first.
             headers.remove(name);
         }
     }
