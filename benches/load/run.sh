@@ -210,15 +210,16 @@ LOG_LINES_PREFLIGHT=$(wc -l <"$WORKDIR/pkce-proxy.log")
 # --- load ----------------------------------------------------------------------------------
 export LOAD_PAIRS=$WORKDIR/pairs.lua LOAD_CLIENT_ID=$CLIENT_ID LOAD_REDIRECT_URI=$REDIRECT_URI
 
-# CPU time (user + system, in clock ticks) used so far by a process and its children that are
-# alive (nginx's workers): what the target itself spends, whatever else runs on the machine.
+# CPU time used so far by a process and its children that are alive (nginx's workers), in
+# clock ticks: "user system". What the target itself spends, whatever else runs on the
+# machine; the split shows whether a difference is the program's own work or the kernel's.
 CLK_TCK=$(getconf CLK_TCK)
 cpu_ticks() { # pid
     local pids
     pids="$1 $(ps -o pid= --ppid "$1" 2>/dev/null | tr '\n' ' ')"
     # shellcheck disable=SC2086
     for p in $pids; do sed 's/^.*) //' "/proc/$p/stat" 2>/dev/null; done \
-        | awk '{ t += $12 + $13 } END { print t + 0 }'
+        | awk '{ u += $12; s += $13 } END { print u + 0, s + 0 }'
 }
 pid_of() {
     case $1 in
@@ -229,7 +230,7 @@ pid_of() {
 }
 
 run_wrk() { # out target scenario duration
-    local out=$1 target=$2 scenario=$3 duration=$4 url pid cpu0 cpu1 done_ops
+    local out=$1 target=$2 scenario=$3 duration=$4 url pid user0 sys0 user1 sys1 ticks done_ops
     url=http://127.0.0.1:$(port_of "$target")
     if [ "$scenario" = passthrough ]; then url+=$STATIC_PATH; else url+=/; fi
     {
@@ -237,19 +238,20 @@ run_wrk() { # out target scenario duration
         echo "# wrk -t$THREADS -c$CONNECTIONS -d$duration --timeout $WRK_TIMEOUT -s $HERE/$scenario.lua $url"
     } >"$out"
     pid=$(pid_of "$target")
-    cpu0=$(cpu_ticks "$pid")
+    read -r user0 sys0 < <(cpu_ticks "$pid")
     wrk -t"$THREADS" -c"$CONNECTIONS" -d"$duration" --timeout "$WRK_TIMEOUT" \
         -s "$HERE/$scenario.lua" "$url" >>"$out" 2>&1 &
     WRK_PID=$!
     wait "$WRK_PID" || { WRK_PID=; cat "$out" >&2; die "wrk failed ($target, $scenario)"; }
     WRK_PID=
-    cpu1=$(cpu_ticks "$pid")
+    read -r user1 sys1 < <(cpu_ticks "$pid")
     grep -q '^RESULT ' "$out" || { cat "$out" >&2; die "no RESULT line from wrk ($target, $scenario)"; }
     # The target's own CPU per completed flow (or served request), in microseconds.
     done_ops=$(sed -n 's/^RESULT .* completed=\([0-9]*\).*/\1/p' "$out")
-    awk -v t="$((cpu1 - cpu0))" -v hz="$CLK_TCK" -v n="$done_ops" \
-        'BEGIN { printf "CPU of the target itself: %.2f s, %.1f us per op\n", t / hz, (n > 0 ? t / hz * 1e6 / n : 0) }' >>"$out"
-    sed -i "s/^RESULT .*/& cpu_ticks=$((cpu1 - cpu0)) clk_tck=$CLK_TCK/" "$out"
+    ticks=$(((user1 - user0) + (sys1 - sys0)))
+    awk -v t="$ticks" -v u="$((user1 - user0))" -v hz="$CLK_TCK" -v n="$done_ops" \
+        'BEGIN { printf "CPU of the target itself: %.2f s (%.2f s user), %.1f us per op\n", t / hz, u / hz, (n > 0 ? t / hz * 1e6 / n : 0) }' >>"$out"
+    sed -i "s/^RESULT .*/& cpu_ticks=$ticks cpu_user_ticks=$((user1 - user0)) clk_tck=$CLK_TCK/" "$out"
 }
 
 field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$2"; }
@@ -333,6 +335,7 @@ REPORT=$WORKDIR/results.md
     echo "CPU µs/op: user+system CPU of the target's own processes (pkce-proxy; the front nginx's master"
     echo "and workers; the upstream nginx for \"upstream\") during the run, per completed flow or request;"
     echo "the upstream's CPU is not in the proxies' figures. Less sensitive than the rates to other load."
+    echo "user / kernel: the same CPU split into user space (the program's own work) and the kernel's."
     echo
     echo "pkce-proxy decisions over the whole run, preflight included (/metrics):"
     echo

@@ -5,7 +5,8 @@ Each line of results.tsv: round, target, scenario, then the RESULT line of flow.
 passthrough.lua (key=value pairs). Per target and scenario the table shows the median over
 rounds of the rate and of each round's p50 and p99, the refused/unmatched total over all
 rounds, the ratio of the median rate to nginx's, and the median over rounds of the target's
-own CPU time per completed flow or request (and its ratio to nginx's).
+own CPU time per completed flow or request (and its ratio to nginx's), split into user space
+(the program's own work) and the kernel's (system calls, loopback delivery).
 
 usage: summarize.py results.tsv [--baseline nginx]
 """
@@ -29,6 +30,31 @@ def parse(path):
     return runs
 
 
+def per_op_median(kvs, ticks):
+    """The median over rounds of `ticks(round)` CPU ticks per completed operation, in
+    microseconds; None if no round recorded them."""
+    per_op = []
+    for k in kvs:
+        t = ticks(k)
+        if t is not None and int(k["completed"]) > 0:
+            per_op.append(t / int(k["clk_tck"]) * 1e6 / int(k["completed"]))
+    return statistics.median(per_op) if per_op else None
+
+
+def total_ticks(k):
+    return int(k["cpu_ticks"]) if "cpu_ticks" in k else None
+
+
+def user_ticks(k):
+    return int(k["cpu_user_ticks"]) if "cpu_user_ticks" in k else None
+
+
+def kernel_ticks(k):
+    if "cpu_ticks" not in k or "cpu_user_ticks" not in k:
+        return None
+    return int(k["cpu_ticks"]) - int(k["cpu_user_ticks"])
+
+
 def ms(us):
     return f"{us / 1000:.2f}"
 
@@ -46,17 +72,17 @@ def main():
     for rnd, target, scenario, kv in runs:
         groups.setdefault((scenario, target), []).append(kv)
 
-    medians, cpu = {}, {}
+    medians, cpu, split = {}, {}, {}
     for (scenario, target), kvs in groups.items():
         medians[(scenario, target)] = statistics.median(float(k["rate"]) for k in kvs)
-        per_op = [int(k["cpu_ticks"]) / int(k["clk_tck"]) * 1e6 / int(k["completed"])
-                  for k in kvs if "cpu_ticks" in k and int(k["completed"]) > 0]
-        cpu[(scenario, target)] = statistics.median(per_op) if per_op else None
+        cpu[(scenario, target)] = per_op_median(kvs, total_ticks)
+        split[(scenario, target)] = (per_op_median(kvs, user_ticks),
+                                     per_op_median(kvs, kernel_ticks))
 
     unit = {"flow": "flows/s", "passthrough": "req/s"}
     print("| target | scenario | rate (median) | per round | p50 ms | p99 ms | refused/unmatched "
-          "| socket errors | vs nginx | CPU µs/op | CPU vs nginx |")
-    print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+          "| socket errors | vs nginx | CPU µs/op | CPU vs nginx | user / kernel µs/op |")
+    print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for (scenario, target), kvs in groups.items():
         rate = medians[(scenario, target)]
         base = medians.get((scenario, args.baseline))
@@ -69,8 +95,11 @@ def main():
         c, cbase = cpu[(scenario, target)], cpu.get((scenario, args.baseline))
         cpu_text = f"{c:.1f}" if c is not None else "-"
         cpu_ratio = f"{c / cbase:.2f}×" if c is not None and cbase else "-"
+        u, kern = split[(scenario, target)]
+        split_text = f"{u:.1f} / {kern:.1f}" if u is not None and kern is not None else "-"
         print(f"| {target} | {scenario} | {rate:,.0f} {unit.get(scenario, '/s')} | {per_round} "
-              f"| {ms(p50)} | {ms(p99)} | {refused} | {sock} | {ratio} | {cpu_text} | {cpu_ratio} |")
+              f"| {ms(p50)} | {ms(p99)} | {refused} | {sock} | {ratio} | {cpu_text} | {cpu_ratio} "
+              f"| {split_text} |")
     reasons = sorted({f"{t} {s}: {k['reasons']}" for (s, t), kvs in groups.items()
                       for k in kvs if k.get("reasons", "-") != "-"})
     if reasons:
