@@ -216,7 +216,8 @@ export LOAD_PAIRS=$WORKDIR/pairs.lua LOAD_CLIENT_ID=$CLIENT_ID LOAD_REDIRECT_URI
 CLK_TCK=$(getconf CLK_TCK)
 cpu_ticks() { # pid
     local pids
-    pids="$1 $(ps -o pid= --ppid "$1" 2>/dev/null | tr '\n' ' ')"
+    # No children is not an error (ps exits 1 then).
+    pids="$1 $( (ps -o pid= --ppid "$1" 2>/dev/null || true) | tr '\n' ' ')"
     # shellcheck disable=SC2086
     for p in $pids; do sed 's/^.*) //' "/proc/$p/stat" 2>/dev/null; done \
         | awk '{ u += $12; s += $13 } END { print u + 0, s + 0 }'
@@ -238,13 +239,13 @@ run_wrk() { # out target scenario duration
         echo "# wrk -t$THREADS -c$CONNECTIONS -d$duration --timeout $WRK_TIMEOUT -s $HERE/$scenario.lua $url"
     } >"$out"
     pid=$(pid_of "$target")
-    read -r user0 sys0 < <(cpu_ticks "$pid")
+    read -r user0 sys0 <<<"$(cpu_ticks "$pid")"
     wrk -t"$THREADS" -c"$CONNECTIONS" -d"$duration" --timeout "$WRK_TIMEOUT" \
         -s "$HERE/$scenario.lua" "$url" >>"$out" 2>&1 &
     WRK_PID=$!
     wait "$WRK_PID" || { WRK_PID=; cat "$out" >&2; die "wrk failed ($target, $scenario)"; }
     WRK_PID=
-    read -r user1 sys1 < <(cpu_ticks "$pid")
+    read -r user1 sys1 <<<"$(cpu_ticks "$pid")"
     grep -q '^RESULT ' "$out" || { cat "$out" >&2; die "no RESULT line from wrk ($target, $scenario)"; }
     # The target's own CPU per completed flow (or served request), in microseconds.
     done_ops=$(sed -n 's/^RESULT .* completed=\([0-9]*\).*/\1/p' "$out")
