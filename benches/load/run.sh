@@ -2,6 +2,10 @@
 # Load test: full PKCE flows/s and pass-through requests/s through
 #   pkce-proxy  ->  upstream      (the thing measured)
 #   nginx       ->  upstream      (nginx as a plain proxy_pass reverse proxy: the baseline)
+#   pkce-proxy-off -> upstream   (pkce-proxy with its OAuth paths moved away: everything is
+#                                  forwarded unchecked; its proxying alone, without the layer)
+#   hyper-floor ->  upstream      (hyper and tokio alone, examples/hyper_floor.rs: the floor
+#                                  under pkce-proxy's own stack)
 #   upstream                      (straight to the upstream: the limit)
 # on this machine, under the same wrk load, in alternating rounds. See README.md here.
 #
@@ -20,7 +24,7 @@ THREADS=${THREADS:-2}
 WARMUP=${LOAD_WARMUP:-2s}                 # per target, before round 1, not recorded; 0 to skip
 PAUSE=${LOAD_PAUSE:-1}                    # seconds between two wrk runs
 WRK_TIMEOUT=${LOAD_WRK_TIMEOUT:-5s}
-TARGETS=${LOAD_TARGETS:-"pkce-proxy nginx upstream"}
+TARGETS=${LOAD_TARGETS:-"pkce-proxy nginx pkce-proxy-off hyper-floor upstream"}
 SCENARIOS=${LOAD_SCENARIOS:-"flow passthrough"}
 NPAIRS=${LOAD_PAIRS_COUNT:-4096}
 BASE_PORT=${LOAD_BASE_PORT:-18180}
@@ -36,6 +40,9 @@ UPSTREAM_PORT=$((BASE_PORT + 1))
 NGINX_PORT=$((BASE_PORT + 2))
 PROXY_PORT=$((BASE_PORT + 3))
 ADMIN_PORT=$((BASE_PORT + 4))
+FLOOR_PORT=$((BASE_PORT + 5))
+OFF_PORT=$((BASE_PORT + 6))
+OFF_ADMIN_PORT=$((BASE_PORT + 7))
 
 say() { printf '%s\n' "$*" >&2; }
 die() { say "run.sh: $*"; exit 1; }
@@ -87,16 +94,28 @@ wait_port() { # port name pid
     done
     die "$2 did not listen on 127.0.0.1:$1 within 10 s; see $WORKDIR"
 }
-for p in "$UPSTREAM_PORT" "$NGINX_PORT" "$PROXY_PORT" "$ADMIN_PORT"; do
+for p in "$UPSTREAM_PORT" "$NGINX_PORT" "$PROXY_PORT" "$ADMIN_PORT" "$FLOOR_PORT" "$OFF_PORT" "$OFF_ADMIN_PORT"; do
     if port_open "$p"; then die "127.0.0.1:$p is in use; pick other ports with LOAD_BASE_PORT"; fi
 done
 
 # --- build ---------------------------------------------------------------------------------
 # The working tree by default; with LOAD_BUILD_REF, a clean export of that commit (git archive:
 # nothing in the repository changes), built in a target directory of its own.
+# The target hyper-floor is examples/hyper_floor.rs, built beside pkce-proxy (from the working
+# tree when the exported commit predates it), or LOAD_FLOOR_BIN.
+wants() { [[ " $TARGETS " == *" $1 "* ]]; }
+FLOOR_BIN=${LOAD_FLOOR_BIN:-}
+build_floor() { # dir target_dir
+    (cd "$1" && CARGO_TARGET_DIR=$2 cargo build --release --example hyper_floor) \
+        >"$WORKDIR/build-floor.log" 2>&1 || { tail -20 "$WORKDIR/build-floor.log" >&2; die "build of hyper_floor failed"; }
+    FLOOR_BIN=$2/release/examples/hyper_floor
+}
 if [ -n "${LOAD_PROXY_BIN:-}" ]; then
     PROXY_BIN=$LOAD_PROXY_BIN
     SOURCE="given binary $PROXY_BIN"
+    if wants hyper-floor && [ -z "$FLOOR_BIN" ]; then
+        build_floor "$ROOT" "$CARGO_TARGET_DIR"
+    fi
 elif [ -n "${LOAD_BUILD_REF:-}" ]; then
     commit=$(git -C "$ROOT" rev-parse --verify "${LOAD_BUILD_REF}^{commit}") \
         || die "LOAD_BUILD_REF=$LOAD_BUILD_REF is not a commit"
@@ -107,11 +126,21 @@ elif [ -n "${LOAD_BUILD_REF:-}" ]; then
         >"$WORKDIR/build.log" 2>&1 || { tail -20 "$WORKDIR/build.log" >&2; die "build failed"; }
     PROXY_BIN=$CARGO_TARGET_DIR/ref/release/pkce-proxy
     SOURCE="commit ${commit:0:7}, clean export (LOAD_BUILD_REF=$LOAD_BUILD_REF)"
+    if wants hyper-floor && [ -z "$FLOOR_BIN" ]; then
+        if [ -f "$WORKDIR/src/examples/hyper_floor.rs" ]; then
+            build_floor "$WORKDIR/src" "$CARGO_TARGET_DIR/ref"
+        else
+            build_floor "$ROOT" "$CARGO_TARGET_DIR"
+        fi
+    fi
 else
     say "run.sh: building pkce-proxy from the working tree (release, CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
     (cd "$ROOT" && cargo build --release --bin pkce-proxy) >"$WORKDIR/build.log" 2>&1 \
         || { tail -20 "$WORKDIR/build.log" >&2; die "build failed"; }
     PROXY_BIN=$CARGO_TARGET_DIR/release/pkce-proxy
+    if wants hyper-floor && [ -z "$FLOOR_BIN" ]; then
+        build_floor "$ROOT" "$CARGO_TARGET_DIR"
+    fi
     SOURCE="working tree at $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')"
     if ! git -C "$ROOT" diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null; then
         SOURCE+=" with uncommitted changes in src/Cargo.* (LOAD_BUILD_REF=HEAD measures the commit alone)"
@@ -174,13 +203,40 @@ env "${unset_env[@]}" RUST_LOG="$PROXY_LOG" "${PROXY_CMD[@]}" \
 PIDS+=($!)
 PROXY_PID=${PIDS[-1]}
 wait_port "$PROXY_PORT" "pkce-proxy" "$PROXY_PID"
+# The same binary and options, with the authorization, token and PAR paths moved where no
+# request goes: every request takes the pass-through path.
+OFF_PID=
+if wants pkce-proxy-off; then
+    OFF_CMD=("$PROXY_BIN" --upstream "http://127.0.0.1:$UPSTREAM_PORT"
+        --listen "127.0.0.1:$OFF_PORT" --admin-listen "127.0.0.1:$OFF_ADMIN_PORT"
+        --max-pending "$MAX_PENDING" --shutdown-grace 2s
+        --authorize-path /off/authorize --token-path /off/token --par-path /off/par)
+    # shellcheck disable=SC2206  # LOAD_PROXY_ARGS is split on purpose
+    OFF_CMD+=($PROXY_ARGS)
+    env "${unset_env[@]}" RUST_LOG="$PROXY_LOG" "${OFF_CMD[@]}" \
+        >"$WORKDIR/pkce-proxy-off.out" 2>"$WORKDIR/pkce-proxy-off.log" &
+    PIDS+=($!)
+    OFF_PID=${PIDS[-1]}
+    wait_port "$OFF_PORT" "pkce-proxy-off" "$OFF_PID"
+fi
+FLOOR_PID=
+if wants hyper-floor; then
+    [ -x "$FLOOR_BIN" ] || die "no hyper_floor binary at $FLOOR_BIN"
+    "$FLOOR_BIN" --listen "127.0.0.1:$FLOOR_PORT" --upstream "127.0.0.1:$UPSTREAM_PORT" \
+        >"$WORKDIR/hyper-floor.log" 2>&1 &
+    PIDS+=($!)
+    FLOOR_PID=${PIDS[-1]}
+    wait_port "$FLOOR_PORT" "hyper-floor" "$FLOOR_PID"
+fi
 
 port_of() {
     case $1 in
         pkce-proxy) echo "$PROXY_PORT" ;;
         nginx) echo "$NGINX_PORT" ;;
+        pkce-proxy-off) echo "$OFF_PORT" ;;
+        hyper-floor) echo "$FLOOR_PORT" ;;
         upstream) echo "$UPSTREAM_PORT" ;;
-        *) die "unknown target $1 (pkce-proxy, nginx, upstream)" ;;
+        *) die "unknown target $1 (pkce-proxy, nginx, pkce-proxy-off, hyper-floor, upstream)" ;;
     esac
 }
 
@@ -226,6 +282,8 @@ pid_of() {
     case $1 in
         pkce-proxy) echo "$PROXY_PID" ;;
         nginx) echo "$FRONT_PID" ;;
+        pkce-proxy-off) echo "$OFF_PID" ;;
+        hyper-floor) echo "$FLOOR_PID" ;;
         upstream) echo "$UPSTREAM_PID" ;;
     esac
 }
@@ -327,6 +385,8 @@ REPORT=$WORKDIR/results.md
     echo "- $("$NGINX" -v 2>&1), $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)"
     echo "- load: wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $ROUNDS rounds, targets rotated each round, warm-up $WARMUP per target"
     echo "- pkce-proxy: RUST_LOG=$PROXY_LOG ${PROXY_CMD[*]}"
+    if wants pkce-proxy-off; then echo "- pkce-proxy-off: ${OFF_CMD[*]} (no request is checked)"; fi
+    if wants hyper-floor; then echo "- hyper-floor: $FLOOR_BIN (examples/hyper_floor.rs: hyper and tokio alone, no PKCE)"; fi
     echo "- pkce-proxy after the run: RSS $PROXY_RSS; $PROXY_LOG_LINES log lines (RUST_LOG=$PROXY_LOG) during the load"
     echo
     python3 "$HERE/summarize.py" "$RESULTS"
@@ -334,7 +394,8 @@ REPORT=$WORKDIR/results.md
     echo "flow: flows/s = completed flows / duration; p50/p99 = whole flow, authorize sent to token 200."
     echo "passthrough: GET $STATIC_PATH, req/s of 200s with the expected body; p50/p99 per request."
     echo "CPU µs/op: user+system CPU of the target's own processes (pkce-proxy; the front nginx's master"
-    echo "and workers; the upstream nginx for \"upstream\") during the run, per completed flow or request;"
+    echo "and workers; the pkce-proxy-off and hyper_floor processes; the upstream nginx for \"upstream\") during the run, per"
+    echo "completed flow or request;"
     echo "the upstream's CPU is not in the proxies' figures. Less sensitive than the rates to other load."
     echo "user / kernel: the same CPU split into user space (the program's own work) and the kernel's."
     echo
