@@ -93,6 +93,13 @@ impl Param<'_> {
     pub(crate) fn is(&self, name: &str) -> bool {
         *self.name == *name.as_bytes()
     }
+
+    /// Whether the name was sent as it is read: without an escape, a bracket, a capital or a
+    /// non-ASCII byte. Only such a name is borrowed from the input ([`normalize_name`]), so
+    /// the checks of the name as sent need not find and decode it again.
+    fn sent_plain(&self) -> bool {
+        matches!(self.name, Cow::Borrowed(_))
+    }
 }
 
 /// The bytes [`parse`] stops at: `&`, `=`, `+` and `%`.
@@ -162,7 +169,11 @@ pub(crate) fn parse(input: &[u8]) -> Vec<Param<'_>> {
 
 /// A parameter's name as sent (decoded, not normalized): `input` must be the input `param`
 /// was parsed from.
-pub(crate) fn raw_name<'i>(input: &'i [u8], param: &Param<'_>) -> Cow<'i, [u8]> {
+pub(crate) fn raw_name<'i>(input: &'i [u8], param: &Param<'i>) -> Cow<'i, [u8]> {
+    if let Cow::Borrowed(name) = param.name {
+        // Sent plain ([`Param::sent_plain`]): the name read is the name sent.
+        return Cow::Borrowed(name);
+    }
     decode(sent_name(input, param))
 }
 
@@ -175,6 +186,9 @@ fn sent_name<'i>(input: &'i [u8], param: &Param<'_>) -> &'i [u8] {
 /// Whether a parameter's name as sent has an unclosed bracket ([`has_unclosed_bracket`]).
 /// Only a name holding a `[`, or an escape that may decode to one, is decoded to find out.
 pub(crate) fn name_has_unclosed_bracket(input: &[u8], param: &Param<'_>) -> bool {
+    if param.sent_plain() {
+        return false;
+    }
     let sent = sent_name(input, param);
     sent.iter().any(|&b| b == b'[' || b == b'%') && has_unclosed_bracket(&decode(sent))
 }
@@ -420,5 +434,41 @@ mod tests {
         ));
         assert!(text(Some(Cow::Borrowed(&[0xff][..]))).is_err());
         assert!(text(Some(Cow::Owned(vec![0xff]))).is_err());
+    }
+
+    #[test]
+    fn a_name_is_read_as_sent_only_when_it_was_sent_plain() {
+        let input = b"client_id=a&Client_ID=b&client%5Fid=c&client[id=d&c+d=e&\xc3\xa9=f";
+        let params = parse(input);
+        let plain: Vec<bool> = params.iter().map(Param::sent_plain).collect();
+        assert_eq!(plain, [true, false, false, false, false, false]);
+        assert!(matches!(
+            raw_name(input, &params[0]),
+            Cow::Borrowed(b"client_id")
+        ));
+        assert_eq!(&*raw_name(input, &params[1]), b"Client_ID");
+        assert_eq!(&*raw_name(input, &params[2]), b"client_id");
+        assert!(name_has_unclosed_bracket(input, &params[3]));
+        assert!(!name_has_unclosed_bracket(input, &params[0]));
+    }
+
+    proptest::proptest! {
+        /// The shortcuts for a name sent plain give what finding and decoding the name as
+        /// sent gives, for any input.
+        #[test]
+        fn names_sent_plain_read_as_decoding_them_would(
+            input in proptest::collection::vec(
+                proptest::sample::select(b"aZ_-=&%+[]5F2B0\xc3".to_vec()),
+                0..48,
+            ),
+        ) {
+            for param in parse(&input) {
+                let sent = sent_name(&input, &param);
+                proptest::prop_assert_eq!(&*raw_name(&input, &param), &*decode(sent));
+                let full = sent.iter().any(|&b| b == b'[' || b == b'%')
+                    && has_unclosed_bracket(&decode(sent));
+                proptest::prop_assert_eq!(name_has_unclosed_bracket(&input, &param), full);
+            }
+        }
     }
 }
