@@ -189,35 +189,37 @@ FRONT_PID=${PIDS[-1]}
 wait_port "$NGINX_PORT" "front nginx" "$FRONT_PID"
 
 # The proxy reads PKCE_PROXY_* from its environment: start it with none but ours.
-PROXY_CMD=("$PROXY_BIN" --upstream "http://127.0.0.1:$UPSTREAM_PORT"
-    --listen "127.0.0.1:$PROXY_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT"
-    --max-pending "$MAX_PENDING" --shutdown-grace 2s)
-# shellcheck disable=SC2206  # LOAD_PROXY_ARGS is split on purpose
-PROXY_CMD+=($PROXY_ARGS)
 unset_env=()
 while IFS='=' read -r name _; do
     case $name in PKCE_PROXY_*) unset_env+=(-u "$name") ;; esac
 done < <(env)
-env "${unset_env[@]}" RUST_LOG="$PROXY_LOG" "${PROXY_CMD[@]}" \
-    >"$WORKDIR/pkce-proxy.out" 2>"$WORKDIR/pkce-proxy.log" &
-PIDS+=($!)
-PROXY_PID=${PIDS[-1]}
-wait_port "$PROXY_PORT" "pkce-proxy" "$PROXY_PID"
+# Starts pkce-proxy as target NAME on PORT (its admin listener on ADMIN), with EXTRA flags and
+# LOAD_PROXY_ARGS; sets STARTED_CMD and STARTED_PID.
+start_proxy() { # name port admin [extra flag...]
+    local name=$1 port=$2 admin=$3
+    shift 3
+    STARTED_CMD=("$PROXY_BIN" --upstream "http://127.0.0.1:$UPSTREAM_PORT"
+        --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin"
+        --max-pending "$MAX_PENDING" --shutdown-grace 2s "$@")
+    # shellcheck disable=SC2206  # LOAD_PROXY_ARGS is split on purpose
+    STARTED_CMD+=($PROXY_ARGS)
+    env "${unset_env[@]}" RUST_LOG="$PROXY_LOG" "${STARTED_CMD[@]}" \
+        >"$WORKDIR/$name.out" 2>"$WORKDIR/$name.log" &
+    PIDS+=($!)
+    STARTED_PID=${PIDS[-1]}
+    wait_port "$port" "$name" "$STARTED_PID"
+}
+start_proxy pkce-proxy "$PROXY_PORT" "$ADMIN_PORT"
+PROXY_PID=$STARTED_PID
+PROXY_CMD=("${STARTED_CMD[@]}")
 # The same binary and options, with the authorization, token and PAR paths moved where no
 # request goes: every request takes the pass-through path.
 OFF_PID=
 if wants pkce-proxy-off; then
-    OFF_CMD=("$PROXY_BIN" --upstream "http://127.0.0.1:$UPSTREAM_PORT"
-        --listen "127.0.0.1:$OFF_PORT" --admin-listen "127.0.0.1:$OFF_ADMIN_PORT"
-        --max-pending "$MAX_PENDING" --shutdown-grace 2s
-        --authorize-path /off/authorize --token-path /off/token --par-path /off/par)
-    # shellcheck disable=SC2206  # LOAD_PROXY_ARGS is split on purpose
-    OFF_CMD+=($PROXY_ARGS)
-    env "${unset_env[@]}" RUST_LOG="$PROXY_LOG" "${OFF_CMD[@]}" \
-        >"$WORKDIR/pkce-proxy-off.out" 2>"$WORKDIR/pkce-proxy-off.log" &
-    PIDS+=($!)
-    OFF_PID=${PIDS[-1]}
-    wait_port "$OFF_PORT" "pkce-proxy-off" "$OFF_PID"
+    start_proxy pkce-proxy-off "$OFF_PORT" "$OFF_ADMIN_PORT" \
+        --authorize-path /off/authorize --token-path /off/token --par-path /off/par
+    OFF_PID=$STARTED_PID
+    OFF_CMD=("${STARTED_CMD[@]}")
 fi
 FLOOR_PID=
 if wants hyper-floor; then
