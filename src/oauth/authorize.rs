@@ -41,10 +41,6 @@ pub(crate) struct AuthorizeParams<'a> {
     pub(crate) request_uri: Option<Cow<'a, str>>,
 }
 
-fn utf8(value: Option<Cow<'_, [u8]>>) -> Result<Option<Cow<'_, str>>, Reason> {
-    params::text(value).map_err(|()| Reason::MalformedParameter)
-}
-
 /// Reads an authorization request from its query and, for a POST, its form body.
 ///
 /// Refuses a repeated parameter and a parameter in both places (RFC 6749 §3.1), whatever its
@@ -99,14 +95,14 @@ pub(crate) fn parse<'a>(
         Some((part, span, value)) => (Some(value), Some((part, span))),
         None => (None, None),
     };
-    let client_id = utf8(value(take("client_id")))?;
-    let redirect_uri = utf8(value(take("redirect_uri")))?;
-    let state = utf8(state)?;
-    let challenge = utf8(value(take("code_challenge")))?;
-    let method = utf8(value(take("code_challenge_method")))?;
-    let response_mode = utf8(value(take("response_mode")))?;
+    let client_id = params::text(value(take("client_id")))?;
+    let redirect_uri = params::text(value(take("redirect_uri")))?;
+    let state = params::text(state)?;
+    let challenge = params::text(value(take("code_challenge")))?;
+    let method = params::text(value(take("code_challenge_method")))?;
+    let response_mode = params::text(value(take("response_mode")))?;
     let request = value(take("request")).is_some();
-    let request_uri = utf8(value(take("request_uri")))?;
+    let request_uri = params::text(value(take("request_uri")))?;
     Ok(AuthorizeParams {
         wants_code,
         hybrid,

@@ -6,6 +6,8 @@
 use std::borrow::Cow;
 use std::ops::Range;
 
+use super::error::Reason;
+
 /// One `name=value` pair of a form-encoded input. No `Debug`: values may be secrets.
 pub(crate) struct Param<'a> {
     /// The decoded name, ASCII-lowercased, with any `[...]` suffix removed. Bytes: it is only
@@ -247,16 +249,16 @@ pub(crate) fn take<'a>(params: &mut [Param<'a>], name: &str) -> Option<Cow<'a, [
 }
 
 /// A value as text: borrowed when it was borrowed, else the decoded bytes themselves (no
-/// copy). `Err(())` for a value that is not UTF-8.
-pub(crate) fn text(value: Option<Cow<'_, [u8]>>) -> Result<Option<Cow<'_, str>>, ()> {
+/// copy). A value that is not UTF-8 is a `MalformedParameter`.
+pub(crate) fn text(value: Option<Cow<'_, [u8]>>) -> Result<Option<Cow<'_, str>>, Reason> {
     match value {
         None => Ok(None),
         Some(Cow::Borrowed(v)) => std::str::from_utf8(v)
             .map(|t| Some(Cow::Borrowed(t)))
-            .map_err(drop),
+            .map_err(|_| Reason::MalformedParameter),
         Some(Cow::Owned(v)) => String::from_utf8(v)
             .map(|t| Some(Cow::Owned(t)))
-            .map_err(drop),
+            .map_err(|_| Reason::MalformedParameter),
     }
 }
 

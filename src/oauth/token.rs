@@ -137,10 +137,6 @@ pub(crate) struct TokenParams<'a> {
     pub(crate) client_assertion: bool,
 }
 
-fn text(value: Option<Cow<'_, [u8]>>) -> Result<Option<Cow<'_, str>>, Reason> {
-    params::text(value).map_err(|()| Reason::MalformedParameter)
-}
-
 /// Reads a form-encoded token request body. A repeated parameter is refused.
 ///
 /// A raw `;` (some servers split on it; form encoders always escape it) and a parameter name
@@ -172,8 +168,8 @@ pub(crate) fn parse_form(body: &[u8]) -> Result<TokenParams<'_>, Reason> {
     let client_secret = params::value(&list, "client_secret").is_some();
     let client_assertion = params::value(&list, "client_assertion").is_some();
     let code = params::take(&mut list, "code");
-    let verifier = text(params::take(&mut list, "code_verifier"))?;
-    let client_id = text(params::take(&mut list, "client_id"))?;
+    let verifier = params::text(params::take(&mut list, "code_verifier"))?;
+    let client_id = params::text(params::take(&mut list, "client_id"))?;
     Ok(TokenParams {
         authorization_code,
         code,
