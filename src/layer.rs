@@ -6,7 +6,10 @@ use std::time::Duration;
 use tower_layer::Layer;
 
 use crate::metrics::Metrics;
-use crate::oauth::path;
+use http::HeaderName;
+
+use crate::oauth::path::EndpointPath;
+use crate::oauth::token;
 use crate::service::Pkce;
 use crate::store::{ChallengeStore, LayerStore, MemoryStore};
 
@@ -37,9 +40,9 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 
 #[derive(Clone)]
 pub(crate) struct Config {
-    pub(crate) authorize_path: String,
-    pub(crate) token_path: String,
-    pub(crate) par_path: Option<String>,
+    pub(crate) authorize_path: EndpointPath,
+    pub(crate) token_path: EndpointPath,
+    pub(crate) par_path: Option<EndpointPath>,
     pub(crate) exempt: HashSet<Box<str>>,
     pub(crate) allow_plain: bool,
     pub(crate) mode: Mode,
@@ -48,6 +51,10 @@ pub(crate) struct Config {
     pub(crate) max_failed_attempts: u32,
     pub(crate) max_body_bytes: usize,
     pub(crate) redirect_uris: HashMap<Box<str>, Vec<Box<str>>>,
+    /// Query parameters forwarded to the token endpoint (none by default).
+    pub(crate) token_query_params: Vec<Box<str>>,
+    /// Headers forwarded to the token endpoint besides the ones it always gets.
+    pub(crate) token_forward_headers: Vec<HeaderName>,
 }
 
 impl Config {
@@ -111,6 +118,29 @@ impl FormPostWindow {
     }
 }
 
+/// A setting [`PkceLayer`] cannot take.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A token query parameter that is, or reads like, an OAuth token request parameter, or
+    /// that is not an RFC 6749 name.
+    OAuthQueryParameter(String),
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::OAuthQueryParameter(name) => write!(
+                f,
+                "{name:?} cannot be a token query parameter: it is not an RFC 6749 name, or it \
+                 reads like a token request parameter, which is only read from the body"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
 /// A tower [`Layer`] that adds PKCE (RFC 7636) to the authorization server it wraps.
 ///
 /// Built by value from strict defaults: S256 only, PKCE required for every client, enforce
@@ -151,8 +181,8 @@ impl PkceLayer {
         Self {
             shared: Arc::new(Shared {
                 config: Config {
-                    authorize_path: "/authorize".into(),
-                    token_path: "/token".into(),
+                    authorize_path: EndpointPath::new("/authorize"),
+                    token_path: EndpointPath::new("/token"),
                     par_path: None,
                     exempt: HashSet::new(),
                     allow_plain: false,
@@ -162,6 +192,8 @@ impl PkceLayer {
                     max_failed_attempts: DEFAULT_MAX_FAILED_ATTEMPTS,
                     max_body_bytes: DEFAULT_MAX_BODY_BYTES,
                     redirect_uris: HashMap::new(),
+                    token_query_params: Vec::new(),
+                    token_forward_headers: Vec::new(),
                 },
                 store: LayerStore::Memory(MemoryStore::new()),
                 metrics: Arc::new(Metrics::default()),
@@ -177,17 +209,63 @@ impl PkceLayer {
 
     /// The path of the authorization endpoint (default `/authorize`). Requests match it after
     /// normalization: case, repeated and trailing slashes, percent-encoding, dot segments and
-    /// `;` parameters do not matter, as they do not to many routers.
+    /// `;` parameters do not matter, as they do not to many routers. A request that matches
+    /// is forwarded on the path as written here.
+    ///
+    /// A path that some server could still route to an endpoint without being its path (one
+    /// that goes on past it, `/authorize/x`, or whose non-ASCII characters fold onto it) is
+    /// refused with 400 `invalid_request`.
     pub fn authorize_path(self, path: impl AsRef<str>) -> Self {
-        let path = path::normalize(path.as_ref());
+        let path = EndpointPath::new(path.as_ref());
         self.config(|c| c.authorize_path = path)
     }
 
     /// The path of the token endpoint (default `/token`), matched like
     /// [`authorize_path`](Self::authorize_path).
+    ///
+    /// # Security
+    ///
+    /// A token request is forwarded only as the layer read it: on this path, with no query
+    /// string but the parameters named with [`token_query_param`](Self::token_query_param),
+    /// a form body encoded afresh from the parameters read, and only the headers an
+    /// authorization server needs (`Host`, `Authorization`, `Accept`, `Accept-Encoding`,
+    /// `User-Agent`, `Origin`, `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host`)
+    /// and those named with [`token_forward_header`](Self::token_forward_header). A token
+    /// request the layer cannot read completely is refused.
     pub fn token_path(self, path: impl AsRef<str>) -> Self {
-        let path = path::normalize(path.as_ref());
+        let path = EndpointPath::new(path.as_ref());
         self.config(|c| c.token_path = path)
+    }
+
+    /// A query parameter the upstream's token endpoint needs (ADFS's `api-version`, say):
+    /// forwarded, re-encoded, where every other query parameter is refused. Names are
+    /// matched exactly. Repeatable.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::OAuthQueryParameter`] for a name that is, or reads like, a parameter of
+    /// a token request (`code`, `Client.Id`): those are never read from the query.
+    pub fn token_query_param(self, name: impl Into<String>) -> Result<Self, ConfigError> {
+        let name = name.into();
+        if token::is_oauth_name(&name) || !token::is_rfc_name(name.as_bytes()) {
+            return Err(ConfigError::OAuthQueryParameter(name));
+        }
+        let name = name.into_boxed_str();
+        Ok(self.config(|c| {
+            if !c.token_query_params.contains(&name) {
+                c.token_query_params.push(name);
+            }
+        }))
+    }
+
+    /// A request header forwarded to the token endpoint besides the ones it always gets (see
+    /// [`token_path`](Self::token_path)), e.g. `DPoP`. Repeatable.
+    pub fn token_forward_header(self, name: HeaderName) -> Self {
+        self.config(|c| {
+            if !c.token_forward_headers.contains(&name) {
+                c.token_forward_headers.push(name);
+            }
+        })
     }
 
     /// The path of the upstream's pushed authorization request endpoint (RFC 9126), matched
@@ -201,7 +279,7 @@ impl PkceLayer {
     /// parameters that differ from the pushed ones. When unset, `request_uri` is refused for
     /// clients that are not exempt.
     pub fn par_path(self, path: impl AsRef<str>) -> Self {
-        let path = path::normalize(path.as_ref());
+        let path = EndpointPath::new(path.as_ref());
         self.config(|c| c.par_path = Some(path))
     }
 
@@ -302,6 +380,8 @@ impl fmt::Debug for PkceLayer {
             .field("code_ttl", &c.code_ttl)
             .field("max_failed_attempts", &c.max_failed_attempts)
             .field("max_body_bytes", &c.max_body_bytes)
+            .field("token_query_params", &c.token_query_params)
+            .field("token_forward_headers", &c.token_forward_headers)
             .finish_non_exhaustive()
     }
 }
@@ -325,7 +405,14 @@ mod tests {
         let layer = PkceLayer::new()
             .authorize_path("/OAuth2/Authorize/")
             .max_failed_attempts(0);
-        assert_eq!(layer.shared.config.authorize_path, "/oauth2/authorize");
+        assert_eq!(
+            layer.shared.config.authorize_path.normalized(),
+            "/oauth2/authorize"
+        );
+        assert_eq!(
+            layer.shared.config.authorize_path.written(),
+            "/OAuth2/Authorize/"
+        );
         assert_eq!(layer.shared.config.max_failed_attempts, 1);
     }
 

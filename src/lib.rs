@@ -133,8 +133,8 @@ pub mod store;
 
 pub use body::PkceBody;
 pub use layer::{
-    Mode, PkceLayer, DEFAULT_CODE_TTL, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_FAILED_ATTEMPTS,
-    DEFAULT_PENDING_TTL,
+    ConfigError, Mode, PkceLayer, DEFAULT_CODE_TTL, DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_FAILED_ATTEMPTS, DEFAULT_PENDING_TTL,
 };
 pub use metrics::{Metrics, Outcome};
 pub use oauth::error::Reason;

@@ -40,10 +40,14 @@ pub(crate) enum Pass {
     UnboundRedeemed,
     ExemptUnknownCode,
     ReturnedToBound,
+    /// A token request of another grant than `authorization_code`, read and rebuilt.
+    OtherGrant,
+    /// A CORS preflight at the token endpoint.
+    Preflight,
 }
 
 impl Pass {
-    const ALL: [Pass; 10] = [
+    const ALL: [Pass; 12] = [
         Self::FlowRecorded,
         Self::UnboundFlowRecorded,
         Self::Reentry,
@@ -54,6 +58,8 @@ impl Pass {
         Self::UnboundRedeemed,
         Self::ExemptUnknownCode,
         Self::ReturnedToBound,
+        Self::OtherGrant,
+        Self::Preflight,
     ];
 
     pub(crate) fn as_str(self) -> &'static str {
@@ -68,6 +74,8 @@ impl Pass {
             Self::UnboundRedeemed => "unbound_redeemed",
             Self::ExemptUnknownCode => "exempt_unknown_code",
             Self::ReturnedToBound => "returned_to_bound",
+            Self::OtherGrant => "other_grant",
+            Self::Preflight => "preflight",
         }
     }
 }

@@ -28,8 +28,10 @@ pub(crate) struct AuthorizeParams<'a> {
     pub(crate) client_id: Option<Cow<'a, str>>,
     pub(crate) redirect_uri: Option<Cow<'a, str>>,
     pub(crate) state: Option<Cow<'a, str>>,
-    /// Where the `state` pair is, to replace it.
+    /// Where the `state` pair is, to replace it: the query's when it is in both places.
     pub(crate) state_at: Option<(Part, Range<usize>)>,
+    /// Where the body's identical copy of a `state` in the query is, to replace it too.
+    pub(crate) state_copy_in_body: Option<Range<usize>>,
     pub(crate) challenge: Option<Cow<'a, str>>,
     pub(crate) method: Option<Cow<'a, str>>,
     pub(crate) response_mode: Option<Cow<'a, str>>,
@@ -56,7 +58,10 @@ pub(crate) fn parse<'a>(
     {
         return Err(Reason::DuplicateParameter);
     }
-    if params::first_shared(&query_params, &body_params).is_some() {
+    // Identical copies in the query and the body are one parameter (Django OAuth Toolkit's
+    // consent form posts back to the authorize URL, query included, repeating every field);
+    // copies that differ are refused, since a lenient upstream could read either.
+    if params::first_conflict(&query_params, &body_params).is_some() {
         return Err(Reason::ParameterInQueryAndBody);
     }
     let unclosed = |input: &[u8], list: &[Param<'_>]| {
@@ -66,12 +71,20 @@ pub(crate) fn parse<'a>(
     if unclosed(query, &query_params) || unclosed(body.unwrap_or_default(), &body_params) {
         return Err(Reason::MalformedParameter);
     }
-    // Each name is in one place at most (checked above): its value is taken out of the list,
-    // so a value that needed no decoding stays borrowed from the request.
+    // Each name is once in each place at most, and the same in both (checked above): its
+    // value is taken out of the list, the query's copy first, so a value that needed no
+    // decoding stays borrowed from the request.
+    let mut state_copy_in_body = None;
     let mut take = |name: &str| -> Option<(Part, Range<usize>, Cow<'a, [u8]>)> {
+        let in_body = body_params.iter_mut().find(|p| p.is(name));
         let (part, param) = match query_params.iter_mut().find(|p| p.is(name)) {
-            Some(param) => (Part::Query, param),
-            None => (Part::Body, body_params.iter_mut().find(|p| p.is(name))?),
+            Some(param) => {
+                if name == "state" {
+                    state_copy_in_body = in_body.map(|copy| copy.span.clone());
+                }
+                (Part::Query, param)
+            }
+            None => (Part::Body, in_body?),
         };
         Some((part, param.span.clone(), std::mem::take(&mut param.value)))
     };
@@ -104,6 +117,7 @@ pub(crate) fn parse<'a>(
     let request = value(take("request")).is_some();
     let request_uri = params::text(value(take("request_uri")))?;
     Ok(AuthorizeParams {
+        state_copy_in_body,
         wants_code,
         hybrid,
         client_id,
@@ -257,7 +271,7 @@ mod tests {
             ),
             (
                 "client_id=a",
-                Some("CLIENT_ID[]=a"),
+                Some("CLIENT_ID[]=b"),
                 Reason::ParameterInQueryAndBody,
             ),
             ("x=1", Some("state=1&state=2"), Reason::DuplicateParameter),

@@ -95,6 +95,20 @@ pub enum Reason {
     StoreFull,
     /// The store failed.
     StoreUnavailable,
+    /// A token request without `grant_type` (an empty body included): the layer forwards
+    /// only what it read completely.
+    MissingGrantType,
+    /// `code` or `code_verifier` in a token request of another grant type.
+    GrantMismatch,
+    /// A request to the token endpoint with a method other than `POST` (or an `OPTIONS`
+    /// preflight).
+    TokenMethod,
+    /// A token or pushed authorization request with more parameters than any real one has.
+    TooManyParameters,
+    /// A path that some server would route to an OAuth endpoint but that is not that
+    /// endpoint's path: a suffix after it (`/token/x`, `/token.php/x`), or non-ASCII
+    /// characters that fold onto it (`/to\u{212A}en`).
+    EndpointLookalike,
 }
 
 impl Reason {
@@ -202,7 +216,7 @@ impl Reason {
             Self::ParametersInQuery => (
                 "parameters_in_query",
                 REQ,
-                "token request parameters must be sent in the body, not the query string",
+                "parameters must be sent in the body, not the query string",
             ),
             Self::MissingCode => ("missing_code", REQ, "code is required"),
             Self::MultipleClientAuth => (
@@ -271,11 +285,28 @@ impl Reason {
                 UNAVAILABLE,
                 "the server is temporarily unavailable; try again later",
             ),
+            Self::MissingGrantType => ("missing_grant_type", REQ, "grant_type is required"),
+            Self::GrantMismatch => (
+                "grant_mismatch",
+                REQ,
+                "code and code_verifier belong to grant_type=authorization_code only",
+            ),
+            Self::TokenMethod => (
+                "token_method",
+                REQ,
+                "the token endpoint accepts POST requests only",
+            ),
+            Self::TooManyParameters => ("too_many_parameters", REQ, "too many parameters"),
+            Self::EndpointLookalike => (
+                "endpoint_lookalike",
+                REQ,
+                "the path is not an endpoint's path but could be read as one",
+            ),
         }
     }
 
     /// Every reason, for metrics.
-    pub(crate) const ALL: [Reason; 33] = [
+    pub(crate) const ALL: [Reason; 38] = [
         Self::DuplicateParameter,
         Self::ParameterInQueryAndBody,
         Self::MalformedParameter,
@@ -309,6 +340,11 @@ impl Reason {
         Self::WrongClient,
         Self::StoreFull,
         Self::StoreUnavailable,
+        Self::MissingGrantType,
+        Self::GrantMismatch,
+        Self::TokenMethod,
+        Self::TooManyParameters,
+        Self::EndpointLookalike,
     ];
 
     pub(crate) fn index(self) -> usize {

@@ -221,18 +221,26 @@ pub(crate) fn first_duplicate<'p>(params: &'p [Param<'_>]) -> Option<&'p [u8]> {
     })
 }
 
-/// The first name present in both lists, if any.
-pub(crate) fn first_shared<'p>(a: &'p [Param<'_>], b: &[Param<'_>]) -> Option<&'p [u8]> {
+/// The first name in both `a` and `b` with different values there: identical copies are one
+/// parameter. Each list holds a name once at most.
+pub(crate) fn first_conflict<'p>(a: &'p [Param<'_>], b: &[Param<'_>]) -> Option<&'p [u8]> {
+    let differs = |p: &Param<'_>, q: &Param<'_>| q.name == p.name && q.value != p.value;
     if a.len().saturating_mul(b.len()) <= 256 {
         return a
             .iter()
-            .find(|p| b.iter().any(|q| q.name == p.name))
+            .find(|p| b.iter().any(|q| differs(p, q)))
             .map(|p| p.name.as_ref());
     }
-    let mut names: Vec<&[u8]> = b.iter().map(|p| p.name.as_ref()).collect();
-    names.sort_unstable();
+    let mut sorted: Vec<&Param<'_>> = b.iter().collect();
+    sorted.sort_unstable_by(|x, y| x.name.cmp(&y.name));
     a.iter()
-        .find(|p| names.binary_search(&p.name.as_ref()).is_ok())
+        .find(|p| {
+            sorted
+                .binary_search_by(|q| q.name.as_ref().cmp(p.name.as_ref()))
+                .ok()
+                .and_then(|i| sorted.get(i))
+                .is_some_and(|q| differs(p, q))
+        })
         .map(|p| p.name.as_ref())
 }
 
@@ -369,10 +377,24 @@ mod tests {
     }
 
     #[test]
-    fn finds_shared_names() {
+    fn finds_names_shared_with_different_values() {
         let a = parse(b"a=1&b=2");
-        assert_eq!(first_shared(&a, &parse(b"c=3")), None);
-        assert_eq!(first_shared(&a, &parse(b"c=3&B[]=4")), Some(&b"b"[..]));
+        assert_eq!(first_conflict(&a, &parse(b"c=3")), None);
+        assert_eq!(first_conflict(&a, &parse(b"c=3&B[]=4")), Some(&b"b"[..]));
+        assert_eq!(
+            first_conflict(&a, &parse(b"c=3&B[]=2&a=%31")),
+            None,
+            "identical copies"
+        );
+        // The sorted search, for long lists.
+        let many: String = (0..40).map(|i| format!("p{i}=x&")).collect();
+        let long = parse(many.as_bytes());
+        assert_eq!(first_conflict(&long, &parse(many.as_bytes())), None);
+        let other = many.replace("p7=x", "p7=y");
+        assert_eq!(
+            first_conflict(&long, &parse(other.as_bytes())),
+            Some(&b"p7"[..])
+        );
     }
 
     #[test]

@@ -6,6 +6,14 @@
 //! servers do), and every segment is trimmed of whitespace and control characters (Spring
 //! trims `/token%0a`). Matching too much only means inspecting more; matching too little
 //! would let a request reach the upstream's handler unchecked.
+//!
+//! A path that is not an endpoint's but that some server could still route to one is a
+//! *lookalike*, refused: one that goes on past the endpoint's path (`/token/x`, or
+//! `/token.php/x`, which PHP's PATH_INFO runs as `/token.php`), and one whose decoded
+//! non-ASCII characters fold onto an endpoint's path (`/to%E2%84%AAen`: the Kelvin sign
+//! lowercases to `k` in Python, JavaScript and Java; full-width letters are ASCII letters
+//! under Unicode compatibility normalization). `%uXXXX` escapes (IIS, ASP.NET) are decoded
+//! like `%XX` ones.
 
 use std::borrow::Cow;
 
@@ -14,7 +22,10 @@ fn is_irregular(path: &str) -> bool {
     let bytes = path.as_bytes();
     let mut previous = 0u8;
     for &b in bytes {
-        if matches!(b, b'%' | b';' | b'\\') || (previous == b'/' && matches!(b, b'/' | b'.')) {
+        if matches!(b, b'%' | b';' | b'\\')
+            || !b.is_ascii()
+            || (previous == b'/' && matches!(b, b'/' | b'.'))
+        {
             return true;
         }
         previous = b;
@@ -36,12 +47,13 @@ fn strip_suffix(path: &str) -> &str {
 /// no trailing slash, trailing spaces and a `.suffix` dropped from the last segment,
 /// ASCII-lowercased.
 pub(crate) fn normalize(path: &str) -> String {
-    let mut decoded: Cow<'_, str> = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
-    for _ in 0..2 {
+    let mut decoded: Cow<'_, str> = Cow::Borrowed(path);
+    for _ in 0..3 {
         if !decoded.contains('%') {
             break;
         }
-        let again = percent_encoding::percent_decode_str(&decoded)
+        let wide = decode_percent_u(&decoded);
+        let again = percent_encoding::percent_decode_str(&wide)
             .decode_utf8_lossy()
             .into_owned();
         decoded = Cow::Owned(again);
@@ -89,6 +101,114 @@ pub(crate) fn normalize(path: &str) -> String {
     out
 }
 
+/// Decodes `%uXXXX` escapes (IIS and ASP.NET read `/%u0074oken` as `/token`); an escape that
+/// is not four hex digits of a scalar value is kept as it is.
+fn decode_percent_u(path: &str) -> Cow<'_, str> {
+    if !path.contains("%u") && !path.contains("%U") {
+        return Cow::Borrowed(path);
+    }
+    let mut out = String::with_capacity(path.len());
+    let mut rest = path;
+    while let Some(at) = rest.find('%') {
+        out.push_str(rest.get(..at).unwrap_or_default());
+        let tail = rest.get(at..).unwrap_or_default();
+        let decoded = tail
+            .get(1..6)
+            .filter(|e| e.starts_with(['u', 'U']))
+            .and_then(|e| u32::from_str_radix(e.get(1..)?, 16).ok())
+            .and_then(char::from_u32);
+        match decoded {
+            Some(c) => {
+                out.push(c);
+                rest = tail.get(6..).unwrap_or_default();
+            }
+            None => {
+                out.push('%');
+                rest = tail.get(1..).unwrap_or_default();
+            }
+        }
+    }
+    out.push_str(rest);
+    Cow::Owned(out)
+}
+
+/// The ASCII reading some server could give a normalized path with non-ASCII characters:
+/// each character under Unicode compatibility normalization (NFKC: full-width `ｔ` is `t`)
+/// and case mapping (the Kelvin sign `K` lowercases to `k`, `ſ` uppercases to `S`), with
+/// combining marks left out (`İ` lowercases to `i` and a dot above).
+fn ascii_reading(path: &str) -> String {
+    use unicode_normalization::char::is_combining_mark;
+    use unicode_normalization::UnicodeNormalization as _;
+    let mut out = String::with_capacity(path.len());
+    for c in path.nfkc() {
+        if c.is_ascii() {
+            out.push(c.to_ascii_lowercase());
+        } else if is_combining_mark(c) {
+        } else if let Some(a) = c.to_lowercase().find(char::is_ascii) {
+            out.push(a.to_ascii_lowercase());
+        } else if let Some(a) = c.to_uppercase().find(char::is_ascii) {
+            out.push(a.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Whether a (lowercase, or normalized) `path` goes on past the endpoint path `target`:
+/// `target` then `/`, or `target` then a `.suffix` and then `/`.
+fn extends(path: &str, target: &str) -> bool {
+    let Some(rest) = path
+        .get(..target.len())
+        .filter(|head| head.eq_ignore_ascii_case(target))
+        .and_then(|_| path.get(target.len()..))
+    else {
+        return false;
+    };
+    target != "/" && (rest.starts_with('/') || (rest.starts_with('.') && rest.contains('/')))
+}
+
+/// An endpoint's path: as the operator wrote it (where requests for it are forwarded) and
+/// [`normalize`]d (what request paths are matched against).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct EndpointPath {
+    written: Box<str>,
+    normalized: Box<str>,
+}
+
+/// What a written path cannot hold as it is: controls, space, and what would end the path.
+const PATH_ESCAPE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'`')
+    .add(b'{')
+    .add(b'}');
+
+impl EndpointPath {
+    pub(crate) fn new(path: &str) -> Self {
+        let slash = if path.starts_with('/') { "" } else { "/" };
+        let escaped = percent_encoding::utf8_percent_encode(path, PATH_ESCAPE);
+        Self {
+            written: format!("{slash}{escaped}").into(),
+            normalized: normalize(path).into(),
+        }
+    }
+
+    /// The path as written, made a valid URI path: where requests are forwarded.
+    pub(crate) fn written(&self) -> &str {
+        &self.written
+    }
+
+    /// The normalized path, which requests are matched against.
+    pub(crate) fn normalized(&self) -> &str {
+        &self.normalized
+    }
+}
+
 /// A request path made ready to be compared with several endpoints: the irregularity check,
 /// and the normalization an irregular path needs, are done once.
 pub(crate) enum Prepared<'a> {
@@ -107,11 +227,31 @@ impl<'a> Prepared<'a> {
         }
     }
 
-    /// Whether the path names the endpoint whose [`normalize`]d path is `target`.
+    /// Whether the path names the endpoint whose [`normalize`]d path is `target`. A path
+    /// with non-ASCII characters names none (it may be a [lookalike](Self::looks_like)).
     pub(crate) fn is(&self, target: &str) -> bool {
         match self {
             Self::Regular(path) => path.eq_ignore_ascii_case(target),
             Self::Normalized(path) => path == target,
+        }
+    }
+
+    /// Whether the path, not being the endpoint whose normalized path is `target`, could
+    /// still be routed to it by some server: it goes on past it (`/token/x`,
+    /// `/token.php/x`), or its non-ASCII characters fold onto it.
+    pub(crate) fn looks_like(&self, target: &str) -> bool {
+        match self {
+            // The `.suffix` a regular path was stripped of is only in its last segment, so
+            // the whole path is where a suffix and more segments follow the endpoint's.
+            Self::Regular(path) => extends(path, target),
+            Self::Normalized(path) if path.is_ascii() => extends(path, target),
+            Self::Normalized(path) => {
+                let ascii = ascii_reading(path);
+                ascii == target || extends(&ascii, target) || {
+                    // A folded last segment may carry a suffix again (`/to\u{212A}en.php`).
+                    strip_suffix(&ascii) == target
+                }
+            }
         }
     }
 }
@@ -176,6 +316,82 @@ mod tests {
         for path in no {
             assert!(!matches(path, "/token"), "{path:?} should not match /token");
         }
+    }
+
+    #[test]
+    fn lookalikes_are_found() {
+        let looks = |path: &str, target: &str| {
+            let prepared = Prepared::new(path);
+            !prepared.is(target) && prepared.looks_like(target)
+        };
+        for path in [
+            "/token/x",
+            "/Token/x",
+            "/token.php/x",
+            "/token//x",
+            "/%74oken/x",
+            "/to%E2%84%AAen",
+            "/to%E2%84%AAen/x",
+            "/to%E2%84%AAen.php",
+            "/%EF%BD%94oken",
+            "/TO%E2%84%AAEN",
+            "/%C5%BFcope",
+        ] {
+            let target = if path.contains("cope") {
+                "/scope"
+            } else {
+                "/token"
+            };
+            assert!(looks(path, target), "{path:?} should look like {target}");
+        }
+        for path in [
+            "/token",
+            "/tokens",
+            "/tokens/x",
+            "/x/token",
+            "/tok%C3%A9n",
+            "/",
+        ] {
+            assert!(
+                !looks(path, "/token"),
+                "{path:?} should not look like /token"
+            );
+        }
+        assert!(!Prepared::new("/x").looks_like("/"));
+    }
+
+    #[test]
+    fn percent_u_escapes_are_decoded() {
+        for path in [
+            "/%u0074oken",
+            "/%U0074OKEN",
+            "/%2574%u006Fken",
+            "/t%u006Fken%u002F",
+        ] {
+            assert!(matches(path, "/token"), "{path:?} should match /token");
+        }
+        assert_eq!(decode_percent_u("/%u00"), "/%u00");
+        assert_eq!(
+            decode_percent_u("/%uD800x"),
+            "/%uD800x",
+            "a surrogate is no char"
+        );
+        assert_eq!(decode_percent_u("%u0041%"), "A%");
+    }
+
+    #[test]
+    fn endpoint_paths_keep_their_spelling_for_forwarding() {
+        let path = EndpointPath::new("/o/Token/");
+        assert_eq!(
+            (path.written(), path.normalized()),
+            ("/o/Token/", "/o/token")
+        );
+        let path = EndpointPath::new("token.php");
+        assert_eq!(
+            (path.written(), path.normalized()),
+            ("/token.php", "/token")
+        );
+        assert_eq!(EndpointPath::new("/a b?c").written(), "/a%20b%3Fc");
     }
 
     #[test]

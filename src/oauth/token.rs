@@ -13,9 +13,10 @@ use super::error::Reason;
 use super::json;
 use super::params::{self, Param};
 
-/// Parameters that belong in a token request's body; in its query string they are refused
-/// whatever the grant, since a lenient upstream may read them from there.
-const BODY_ONLY: &[&str] = &[
+/// The parameters whose names must be spelled exactly so: a name that some server could read
+/// as one of these ([`read_alike`]) but that is not it (`Code`, `grant.type`, `client-id`) is
+/// refused. None of them may be allowed in the query string either.
+const OAUTH_NAMES: &[&str] = &[
     "grant_type",
     "code",
     "code_verifier",
@@ -30,33 +31,81 @@ const BODY_ONLY: &[&str] = &[
     "assertion",
     "device_code",
     "scope",
+    "resource",
+    "audience",
 ];
 
-/// A name as the laxest server reads it: PHP drops leading spaces and turns `.` and ` ` into
-/// `_`.
-fn lax_name(name: &str) -> String {
-    name.trim_start().replace(['.', ' '], "_")
-}
+/// The most parameters a token request may carry: real ones have under fifteen, and the
+/// pairwise name checks stay small.
+const MAX_PARAMS: usize = 32;
 
-/// Whether a parameter name is plain (`[A-Za-z0-9_-]`, after a `[...]` suffix is dropped).
-/// Anything else at the token endpoint may be read under another name by a lenient upstream.
-fn is_plain_name(name: &[u8]) -> bool {
+/// RFC 6749 Appendix A: `name = 1*name-char`, `name-char = "-" / "." / "_" / DIGIT / ALPHA`.
+pub(crate) fn is_rfc_name(name: &[u8]) -> bool {
     !name.is_empty()
         && name
             .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
 }
 
-/// Whether a token request's query string carries OAuth parameters, however a lenient server
-/// might split or spell them (`;` as a separator, `grant.type` as `grant_type`).
-pub(crate) fn query_has_oauth_params(query: &[u8]) -> bool {
-    let split: Vec<u8> = query
+/// Whether some server could read two names as one: equal once ASCII-lowercased with `.`, `-`
+/// and `_` left out (PHP turns `.` into `_`, some binders ignore case or separators).
+fn read_alike(a: &[u8], b: &[u8]) -> bool {
+    fn fold(name: &[u8]) -> impl Iterator<Item = u8> + '_ {
+        name.iter()
+            .filter(|b| !matches!(b, b'.' | b'-' | b'_'))
+            .map(u8::to_ascii_lowercase)
+    }
+    fold(a).eq(fold(b))
+}
+
+/// RFC 6749 Appendix A `VSCHAR` (%x20-7E): the syntax of `code` and `client_id`.
+fn is_vschar(value: &[u8]) -> bool {
+    value.iter().all(|&b| (0x20..=0x7e).contains(&b))
+}
+
+/// Whether `name` is, or reads alike to, a parameter of the OAuth token request: such a name
+/// is never allowed in the token endpoint's query string.
+pub(crate) fn is_oauth_name(name: &str) -> bool {
+    OAUTH_NAMES
         .iter()
-        .map(|&b| if b == b';' { b'&' } else { b })
-        .collect();
-    params::parse(&split)
-        .iter()
-        .any(|p| BODY_ONLY.contains(&lax_name(&String::from_utf8_lossy(&p.name)).as_str()))
+        .any(|known| read_alike(name.as_bytes(), known.as_bytes()))
+}
+
+/// Appends `name=value` to a form, `value` form-encoded. `name` is an RFC 6749 name, whose
+/// characters need no encoding.
+fn append_pair(form: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    if !form.is_empty() {
+        form.push(b'&');
+    }
+    form.extend_from_slice(name);
+    form.push(b'=');
+    form_urlencoded::byte_serialize(value)
+        .for_each(|piece| form.extend_from_slice(piece.as_bytes()));
+}
+
+/// The query string to forward with a token request: only the parameters named in `allowed`
+/// (spelled exactly so, once each), re-encoded. Any other parameter is refused, however it is
+/// spelled: a lenient upstream may read a token parameter from the query (`[code]` in qs and
+/// Rack, `code%00` in PHP).
+pub(crate) fn forward_query(query: &[u8], allowed: &[Box<str>]) -> Result<Vec<u8>, Reason> {
+    let list = params::parse(query);
+    if list.len() > MAX_PARAMS {
+        return Err(Reason::TooManyParameters);
+    }
+    let mut names: Vec<Cow<'_, [u8]>> = Vec::with_capacity(list.len());
+    let mut form = Vec::new();
+    for param in &list {
+        let name = params::raw_name(query, param);
+        if !allowed.iter().any(|a| a.as_bytes() == &*name) {
+            return Err(Reason::ParametersInQuery);
+        }
+        if names.contains(&name) {
+            return Err(Reason::DuplicateParameter);
+        }
+        append_pair(&mut form, &name, &param.value);
+        names.push(name);
+    }
+    Ok(form)
 }
 
 /// How a token request body is encoded.
@@ -126,45 +175,87 @@ pub(crate) fn json_to_form(body: &[u8]) -> Result<Vec<u8>, Reason> {
     Ok(form.finish().into_bytes())
 }
 
-/// The token request parameters the layer reads. No `Debug`: it holds the code and verifier.
+/// The token request parameters the layer reads, and the body it forwards. No `Debug`: it
+/// holds the code and verifier.
 pub(crate) struct TokenParams<'a> {
-    /// `grant_type` is `authorization_code` (compared leniently: trimmed, any case).
+    /// `grant_type` is `authorization_code` (compared without regard to case, so a lenient
+    /// upstream cannot see a code grant the layer did not).
     pub(crate) authorization_code: bool,
     pub(crate) code: Option<Cow<'a, [u8]>>,
     pub(crate) verifier: Option<Cow<'a, str>>,
     pub(crate) client_id: Option<Cow<'a, str>>,
     pub(crate) client_secret: bool,
     pub(crate) client_assertion: bool,
+    /// The body to forward: every parameter with a value, in order, re-encoded, with
+    /// `grant_type=authorization_code` spelled so for a code grant.
+    pub(crate) forward: Vec<u8>,
 }
 
-/// Reads a form-encoded token request body. A repeated parameter is refused.
+/// Reads a form-encoded token request body completely, or refuses it.
 ///
-/// A raw `;` (some servers split on it; form encoders always escape it) and a parameter name
-/// that is not plain are refused, so no upstream can read a parameter the layer did not. A
-/// request is read as an authorization code grant unless it names another grant and carries
-/// no `code` or `code_verifier` (some servers default the grant).
+/// Every name must be an RFC 6749 name (`[A-Za-z0-9._-]`, after decoding), no two names may
+/// read alike to any server ([`read_alike`]: `client_id` and `Client.Id` are one name), and a
+/// name that reads like an OAuth parameter must be spelled exactly as that parameter. Every
+/// value is UTF-8; `code` and `client_id` are `VSCHAR`. `grant_type` is required, and `code`
+/// and `code_verifier` come only with `grant_type=authorization_code`. What is forwarded is
+/// [`TokenParams::forward`], encoded afresh from what was read: an upstream cannot read
+/// anything the layer did not.
 pub(crate) fn parse_form(body: &[u8]) -> Result<TokenParams<'_>, Reason> {
-    if body.contains(&b';') {
-        return Err(Reason::MalformedParameter);
-    }
     let mut list: Vec<Param<'_>> = params::parse(body);
-    // Names are plain as sent, without a `[...]` suffix either: PHP reads an unclosed `[` as
-    // `_` (`client[id` is `client_id`), and no token request needs brackets.
-    if list
-        .iter()
-        .any(|p| !is_plain_name(&params::raw_name(body, p)))
-    {
+    if list.len() > MAX_PARAMS {
+        return Err(Reason::TooManyParameters);
+    }
+    let names: Vec<Cow<'_, [u8]>> = list.iter().map(|p| params::raw_name(body, p)).collect();
+    for name in &names {
+        let misspelt = || {
+            OAUTH_NAMES
+                .iter()
+                .any(|known| read_alike(name, known.as_bytes()) && **name != *known.as_bytes())
+        };
+        if !is_rfc_name(name) || misspelt() {
+            return Err(Reason::MalformedParameter);
+        }
+    }
+    for (i, name) in names.iter().enumerate() {
+        if names
+            .iter()
+            .skip(i + 1)
+            .any(|other| read_alike(name, other))
+        {
+            return Err(Reason::DuplicateParameter);
+        }
+    }
+    if list.iter().any(|p| std::str::from_utf8(&p.value).is_err()) {
         return Err(Reason::MalformedParameter);
     }
-    if params::first_duplicate(&list).is_some() {
-        return Err(Reason::DuplicateParameter);
+    // Names are now spelled exactly: the lookups by normalized name find the one parameter.
+    let grant = params::value(&list, "grant_type").ok_or(Reason::MissingGrantType)?;
+    if !grant.iter().all(|b| (0x21..=0x7e).contains(b)) {
+        return Err(Reason::MalformedParameter);
     }
-    let grant = params::value(&list, "grant_type").unwrap_or_default();
-    let grant = std::str::from_utf8(grant).unwrap_or_default().trim();
+    let authorization_code = grant.eq_ignore_ascii_case(b"authorization_code");
     let carries_code =
-        params::find(&list, "code").is_some() || params::find(&list, "code_verifier").is_some();
-    let authorization_code =
-        grant.is_empty() || carries_code || grant.eq_ignore_ascii_case("authorization_code");
+        params::value(&list, "code").is_some() || params::value(&list, "code_verifier").is_some();
+    if carries_code && !authorization_code {
+        return Err(Reason::GrantMismatch);
+    }
+    let vschar = |name: &str| params::value(&list, name).is_none_or(is_vschar);
+    if !vschar("code") || !vschar("client_id") {
+        return Err(Reason::MalformedParameter);
+    }
+    let mut forward = Vec::with_capacity(body.len() + 8);
+    for (name, param) in names.iter().zip(&list) {
+        if param.value.is_empty() {
+            // Empty is absent (RFC 6749 §3.1).
+            continue;
+        }
+        let value: &[u8] = if authorization_code && param.is("grant_type") {
+            b"authorization_code"
+        } else {
+            &param.value
+        };
+        append_pair(&mut forward, name, value);
+    }
     let client_secret = params::value(&list, "client_secret").is_some();
     let client_assertion = params::value(&list, "client_assertion").is_some();
     let code = params::take(&mut list, "code");
@@ -177,6 +268,7 @@ pub(crate) fn parse_form(body: &[u8]) -> Result<TokenParams<'_>, Reason> {
         client_id,
         client_secret,
         client_assertion,
+        forward,
     })
 }
 
@@ -321,14 +413,12 @@ mod tests {
         let grants = [
             ("grant_type=authorization_code", true),
             ("grant_type=Authorization_Code", true),
-            ("grant_type=+authorization_code+", true),
             ("grant_type=refresh_token", false),
             ("grant_type=client_credentials", false),
-            // No grant, or another grant with a code: read as a code grant.
-            ("", true),
-            ("code=x", true),
-            ("grant_type=refresh_token&code=x", true),
-            ("grant_type=refresh_token&code_verifier=x", true),
+            (
+                "grant_type=urn:ietf:params:oauth:grant-type:device_code",
+                false,
+            ),
         ];
         for (body, expected) in grants {
             assert_eq!(
@@ -337,7 +427,8 @@ mod tests {
                 "{body}"
             );
         }
-        let p = parse_form(b"code=&code_verifier=&client_id=").unwrap();
+        let p =
+            parse_form(b"grant_type=authorization_code&code=&code_verifier=&client_id=").unwrap();
         assert!(p.code.is_none() && p.verifier.is_none() && p.client_id.is_none());
     }
 
@@ -380,8 +471,35 @@ mod tests {
             (b"code=a&client_id%5B%5D=app", Reason::MalformedParameter),
             (
                 b"code_verifier=a&CODE_VERIFIER=b",
-                Reason::DuplicateParameter,
+                Reason::MalformedParameter,
             ),
+            (b"grant_type=x&x.y=1&X_Y=2", Reason::DuplicateParameter),
+            (b"grant_type=x&ab=1&a-b=2", Reason::DuplicateParameter),
+            (b"Code=x", Reason::MalformedParameter),
+            (b"client-id=x", Reason::MalformedParameter),
+            (b"code%u0076erifier=x", Reason::MalformedParameter),
+            (b"a%00=x", Reason::MalformedParameter),
+            (b"", Reason::MissingGrantType),
+            (b"code=x&client_id=app", Reason::MissingGrantType),
+            (b"grant_type=&code=x", Reason::MissingGrantType),
+            (
+                b"grant_type=+authorization_code",
+                Reason::MalformedParameter,
+            ),
+            (b"grant_type=refresh_token&code=x", Reason::GrantMismatch),
+            (
+                b"grant_type=refresh_token&code_verifier=x",
+                Reason::GrantMismatch,
+            ),
+            (
+                b"grant_type=authorization_code&code=a%00b",
+                Reason::MalformedParameter,
+            ),
+            (
+                b"grant_type=authorization_code&client_id=a%0Ab",
+                Reason::MalformedParameter,
+            ),
+            (b"grant_type=x&note=%FF", Reason::MalformedParameter),
             (b"code_verifier=%FF", Reason::MalformedParameter),
             (b"client_id=%FF", Reason::MalformedParameter),
             (
@@ -390,10 +508,6 @@ mod tests {
             ),
             (
                 b"+grant_type=authorization_code",
-                Reason::MalformedParameter,
-            ),
-            (
-                b"grant_type=authorization_code;code=x",
                 Reason::MalformedParameter,
             ),
             (b"a=1&=x", Reason::MalformedParameter),
@@ -492,7 +606,11 @@ mod tests {
 
     #[test]
     fn client_identity_rules() {
-        let form = |body: &'static str| parse_form(body.as_bytes()).unwrap();
+        // Leaked, so the parsed parameters may borrow it: a test's few bytes.
+        let form = |body: &str| {
+            let full = format!("grant_type=authorization_code&{body}");
+            parse_form(Box::leak(full.into_bytes().into_boxed_slice())).unwrap()
+        };
         let cases: Vec<(&str, Option<&str>, Result<Option<&str>, Reason>)> = vec![
             ("client_id=app", None, Ok(Some("app"))),
             ("", None, Ok(None)),
@@ -546,23 +664,79 @@ mod tests {
     }
 
     #[test]
-    fn oauth_parameters_in_query() {
-        let cases = [
-            ("", false),
-            ("tenant=x", false),
-            ("code=x", true),
-            ("Code_Verifier=x", true),
-            ("grant_type[]=x", true),
-            ("client_secret=x", true),
-            ("x=1;grant_type=authorization_code", true),
-            ("grant.type=x", true),
-            ("+code=x", true),
+    fn only_allowed_query_parameters_are_forwarded_reencoded() {
+        let allowed: Vec<Box<str>> = vec!["api-version".into(), "tenant".into()];
+        let cases: &[(&str, Result<&str, Reason>)] = &[
+            ("", Ok("")),
+            ("api-version=1.0", Ok("api-version=1.0")),
+            ("tenant=a%20b&api-version=2", Ok("tenant=a+b&api-version=2")),
+            ("api-version=1;code=x", Ok("api-version=1%3Bcode%3Dx")),
+            ("code=x", Err(Reason::ParametersInQuery)),
+            ("[code]=x", Err(Reason::ParametersInQuery)),
+            ("code%00=x", Err(Reason::ParametersInQuery)),
+            ("%u0063ode=x", Err(Reason::ParametersInQuery)),
+            ("Tenant=a", Err(Reason::ParametersInQuery)),
+            ("tenant[]=a", Err(Reason::ParametersInQuery)),
+            ("x=1", Err(Reason::ParametersInQuery)),
+            ("tenant=a&tenant=a", Err(Reason::DuplicateParameter)),
         ];
         for (query, expected) in cases {
+            let got = forward_query(query.as_bytes(), &allowed);
+            let got = got
+                .as_ref()
+                .map(|q| std::str::from_utf8(q).unwrap())
+                .map_err(|e| *e);
+            assert_eq!(got, *expected, "{query}");
+        }
+        assert_eq!(
+            forward_query(b"api-version=1", &[]),
+            Err(Reason::ParametersInQuery)
+        );
+    }
+
+    #[test]
+    fn oauth_names_and_their_lookalikes_are_known() {
+        for name in [
+            "code",
+            "Code",
+            "grant.type",
+            "client-id",
+            "CLIENT_ID",
+            "codeverifier",
+        ] {
+            assert!(is_oauth_name(name), "{name}");
+        }
+        for name in ["api-version", "tenant", "codes", "x"] {
+            assert!(!is_oauth_name(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn the_forwarded_body_is_what_was_read() {
+        let cases: &[(&str, &str)] = &[
+            (
+                "grant_type=authorization_code&code=a%2Bb&code_verifier=v&client_id=app",
+                "grant_type=authorization_code&code=a%2Bb&code_verifier=v&client_id=app",
+            ),
+            // The grant spelled canonically; empty values (absent) left out; values
+            // re-encoded the one way.
+            (
+                "grant_type=Authorization_Code&code=x&scope=&redirect_uri=https%3a%2F%2Fa%2Fcb%3Fq%3D1",
+                "grant_type=authorization_code&code=x&redirect_uri=https%3A%2F%2Fa%2Fcb%3Fq%3D1",
+            ),
+            // A raw `;` is part of a value, and is sent escaped.
+            (
+                "grant_type=refresh_token&refresh_token=r;code=x",
+                "grant_type=refresh_token&refresh_token=r%3Bcode%3Dx",
+            ),
+            ("grant_type=client_credentials&x.y-z=1+2", "grant_type=client_credentials&x.y-z=1+2"),
+        ];
+        for (body, expected) in cases {
+            let parsed = parse_form(body.as_bytes()).unwrap();
             assert_eq!(
-                query_has_oauth_params(query.as_bytes()),
-                expected,
-                "{query}"
+                std::str::from_utf8(&parsed.forward).unwrap(),
+                *expected,
+                "{body}"
             );
         }
     }

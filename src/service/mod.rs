@@ -18,11 +18,12 @@ use crate::layer::{Mode, PkceLayer, Shared};
 use crate::metrics::{Outcome, Pass};
 use crate::oauth::authorize::{self, AuthorizeParams, Part};
 use crate::oauth::error::{self, Reason};
-use crate::oauth::token::{self, BodyFormat};
+use crate::oauth::token::{body_format, BodyFormat};
 use crate::oauth::{form_post, metadata, path, redirect};
-use crate::pkce::CodeVerifier;
-use crate::store::{CodeBinding, CodeState, PendingFlow, StoreError, StoreKey};
+use crate::store::{PendingFlow, StoreError, StoreKey};
 use crate::BoxError;
+
+mod token;
 
 /// The largest discovery document the layer rewrites; larger ones pass unchanged.
 const MAX_METADATA_BYTES: usize = 1024 * 1024;
@@ -86,22 +87,35 @@ pub(crate) enum Endpoint {
     Token,
     Par,
     Metadata,
+    /// A path some server could route to an OAuth endpoint without being its path: refused.
+    Lookalike,
     Other,
 }
 
 pub(crate) fn classify(shared: &Shared, path: &str) -> Endpoint {
     let config = &shared.config;
     let prepared = path::Prepared::new(path);
-    if prepared.is(&config.token_path) {
-        Endpoint::Token
-    } else if prepared.is(&config.authorize_path) {
-        Endpoint::Authorize
-    } else if config
-        .par_path
-        .as_deref()
-        .is_some_and(|par| prepared.is(par))
-    {
-        Endpoint::Par
+    let par = config.par_path.as_ref().map(path::EndpointPath::normalized);
+    let endpoints = [
+        (Some(config.token_path.normalized()), Endpoint::Token),
+        (
+            Some(config.authorize_path.normalized()),
+            Endpoint::Authorize,
+        ),
+        (par, Endpoint::Par),
+    ];
+    let endpoints = endpoints
+        .iter()
+        .filter_map(|(target, endpoint)| target.map(|t| (t, *endpoint)));
+    let mut lookalike = false;
+    for (target, endpoint) in endpoints {
+        if prepared.is(target) {
+            return endpoint;
+        }
+        lookalike = lookalike || prepared.looks_like(target);
+    }
+    if lookalike {
+        Endpoint::Lookalike
     } else if path.contains('%')
         || path
             .as_bytes()
@@ -181,6 +195,18 @@ impl<S> Pkce<S> {
                     true,
                 )
             }
+            Endpoint::Lookalike => {
+                if refuse(shared, "lookalike", None, Reason::EndpointLookalike, None) {
+                    // Report mode: forwarded as it came.
+                    return ResponseFuture::inner(
+                        self.inner.call(req.map(PkceBody::new)),
+                        shared.clone(),
+                        false,
+                    );
+                }
+                let refusal = respond(error::json(Reason::EndpointLookalike));
+                ResponseFuture::boxed(Box::pin(std::future::ready(Ok(refusal))))
+            }
             endpoint => {
                 // The store is consulted before the inner service is called: take the service
                 // that was driven to readiness and leave a clone in its place.
@@ -190,7 +216,7 @@ impl<S> Pkce<S> {
                 // One box per endpoint, each its own size: an authorization request does not
                 // pay for the largest (PAR's).
                 ResponseFuture::boxed(match endpoint {
-                    Endpoint::Token => Box::pin(token_request(shared, inner, req)),
+                    Endpoint::Token => Box::pin(token::token_request(shared, inner, req)),
                     Endpoint::Par => Box::pin(par_request(shared, inner, req)),
                     _ => Box::pin(authorize_request(shared, inner, req)),
                 })
@@ -385,7 +411,7 @@ fn plainly_framed(headers: &HeaderMap) -> bool {
 /// A form, or no content type at all (read as a form: the strict reading).
 fn is_form_or_untyped(headers: &HeaderMap) -> bool {
     matches!(
-        token::body_format(headers.get(header::CONTENT_TYPE)),
+        body_format(headers.get(header::CONTENT_TYPE)),
         Ok(BodyFormat::Form)
     )
 }
@@ -920,30 +946,41 @@ where
     let reads_page =
         params.response_mode.as_deref() == Some("form_post") || params.request_uri.is_some();
     let mut replaced = None;
+    // The request goes upstream on the endpoint's path as written, whatever spelling of it
+    // the client used.
+    let canonical = shared.config.authorize_path.written();
+    let mut target = None;
     if let AuthorizeDecision::Wrapped(handle) = decision {
-        match state_at {
-            Some((Part::Body, span)) => {
-                if let Some(bytes) = buffered.as_ref() {
-                    let body = authorize::put_state(bytes, Some(span), handle.as_str());
-                    replaced = Some(Bytes::from(body));
-                }
-            }
-            at => {
-                let pieces =
-                    authorize::state_pieces(query, at.map(|(_, span)| span), handle.as_str());
-                let rewritten = path_and_query(parts.uri.path(), &pieces);
-                match with_path_and_query(std::mem::take(&mut parts.uri), rewritten) {
-                    Some(uri) => parts.uri = uri,
-                    None => {
-                        // Unreachable for a valid request URI; fail closed all the same.
-                        return Err(authorize_refusal(
-                            shared,
-                            Reason::MalformedParameter,
-                            None,
-                            accept.as_ref(),
-                        ));
-                    }
-                }
+        // The state's pair in the body, and in the query: both, where identical copies were
+        // sent in both places.
+        let (body_span, query_span) = match state_at {
+            Some((Part::Body, span)) => (Some(span), None),
+            Some((Part::Query, span)) => (params.state_copy_in_body.clone(), Some(span)),
+            None => (None, None),
+        };
+        if let (Some(span), Some(bytes)) = (body_span, buffered.as_ref()) {
+            let body = authorize::put_state(bytes, Some(span), handle.as_str());
+            replaced = Some(Bytes::from(body));
+        }
+        if query_span.is_some() || replaced.is_none() {
+            let pieces = authorize::state_pieces(query, query_span, handle.as_str());
+            target = Some(path_and_query(canonical, &pieces));
+        }
+    }
+    if target.is_none() && parts.uri.path() != canonical {
+        target = Some(path_and_query(canonical, &[query]));
+    }
+    if let Some(target) = target {
+        match with_path_and_query(std::mem::take(&mut parts.uri), target) {
+            Some(uri) => parts.uri = uri,
+            None => {
+                // Unreachable for a valid request URI; fail closed all the same.
+                return Err(authorize_refusal(
+                    shared,
+                    Reason::MalformedParameter,
+                    None,
+                    accept.as_ref(),
+                ));
             }
         }
     }
@@ -956,283 +993,6 @@ where
         parts.headers.remove(header::ACCEPT_ENCODING);
     }
     Ok(Request::from_parts(parts, forward_body(buffered, body)))
-}
-
-// ---------------------------------------------------------------------------------------------
-// Token endpoint
-
-/// A redemption the layer let through, to undo if the upstream issues no token.
-struct Redemption {
-    code: StoreKey,
-    client: String,
-}
-
-/// Applies the decision table to a token request for `grant_type=authorization_code`.
-async fn decide_token(
-    shared: &Shared,
-    code: StoreKey,
-    client: Option<&token::ClientName>,
-    verifier: Option<&Result<CodeVerifier, ()>>,
-) -> Result<(Pass, Redemption), Reason> {
-    let config = &shared.config;
-    let store = &shared.store;
-    let record = store.code(code).await.map_err(|e| store_reason(&e))?;
-    let Some(record) = record else {
-        // Unknown: never seen, expired or lost. Fail closed, except for an exempt client
-        // redeeming without a verifier, whose codes may predate the layer.
-        if verifier.is_some() {
-            return Err(Reason::UnknownCode);
-        }
-        // Exemption goes by the strict (RFC 6749) reading only.
-        return match client
-            .map(|c| c.name.as_str())
-            .filter(|c| config.is_exempt(c))
-        {
-            Some(client) => {
-                let binding = CodeBinding::new(None, client);
-                match store
-                    .record_redemption(code, binding, config.code_ttl)
-                    .await
-                {
-                    Ok(true) => Ok((
-                        Pass::ExemptUnknownCode,
-                        Redemption {
-                            code,
-                            client: client.to_owned(),
-                        },
-                    )),
-                    Ok(false) => Err(Reason::CodeReused),
-                    Err(e) => Err(store_reason(&e)),
-                }
-            }
-            None => Err(Reason::UnknownCode),
-        };
-    };
-    match record.state() {
-        CodeState::Live => {}
-        CodeState::Redeemed => return Err(Reason::CodeReused),
-        _ => return Err(Reason::CodeBurned),
-    }
-    let binding = record.binding();
-    let refusal = match (client, binding.challenge()) {
-        (None, _) => Some(Reason::MissingClient),
-        (Some(c), _) if !c.is(binding.client_id()) => Some(Reason::WrongClient),
-        (Some(_), Some(challenge)) => match verifier {
-            None => Some(Reason::VerifierRequired),
-            Some(Err(())) => Some(Reason::MalformedVerifier),
-            Some(Ok(v)) if !challenge.verify(v) => Some(Reason::VerifierMismatch),
-            Some(Ok(_)) => None,
-        },
-        (Some(_), None) => verifier.map(|_| Reason::Downgrade),
-    };
-    if let Some(reason) = refusal {
-        // A refused attempt on a bound code counts towards burning it; under report mode the
-        // request is forwarded, so nothing is counted.
-        if binding.challenge().is_some() && config.mode == Mode::Enforce {
-            match store.record_failure(code, config.max_failed_attempts).await {
-                Ok(Some(CodeState::Burned)) => {
-                    log(
-                        "token",
-                        client.map(|c| c.name.as_str()),
-                        Outcome::Refused,
-                        "code_burned_now",
-                        Some(&code),
-                    );
-                }
-                Ok(_) => {}
-                Err(e) => return Err(store_reason(&e)),
-            }
-        }
-        return Err(reason);
-    }
-    let pass = if verifier.is_some() {
-        Pass::Verified
-    } else {
-        Pass::UnboundRedeemed
-    };
-    match store.redeem(code).await {
-        Ok(true) => Ok((
-            pass,
-            Redemption {
-                code,
-                client: binding.client_id().to_owned(),
-            },
-        )),
-        // Another request redeemed it between our read and now.
-        Ok(false) => Err(Reason::CodeReused),
-        Err(e) => Err(store_reason(&e)),
-    }
-}
-
-/// Gives a code back to its bound state when the upstream issued no token for it.
-async fn undo_redemption(shared: &Shared, redemption: &Redemption) {
-    match shared.store.unredeem(redemption.code).await {
-        Ok(true) => allow(
-            shared,
-            "token",
-            Some(&redemption.client),
-            Pass::ReturnedToBound,
-            Some(&redemption.code),
-        ),
-        // Burned or expired meanwhile: nothing to give back.
-        Ok(false) => {}
-        Err(e) => {
-            // The code stays redeemed: fail closed.
-            store_reason(&e);
-        }
-    }
-}
-
-async fn token_request<S, ReqBody, ResBody>(
-    shared: Arc<Shared>,
-    mut inner: S,
-    req: Request<ReqBody>,
-) -> Result<Response<PkceBody<ResBody>>, S::Error>
-where
-    S: Service<Request<PkceBody<ReqBody>>, Response = Response<ResBody>>,
-    ReqBody: Body<Data = Bytes>,
-    ReqBody::Error: Into<BoxError>,
-    ResBody: Body<Data = Bytes> + Send + 'static,
-    ResBody::Error: Into<BoxError>,
-{
-    // As for authorization requests: the checks in a boxed future of their own.
-    let (req, redemption) = match Box::pin(token_forward(&shared, req)).await {
-        Ok(forward) => forward,
-        Err(refusal) => return Ok(respond(refusal)),
-    };
-    // On a transport error the code stays redeemed: the upstream may have issued a token.
-    let response = inner.call(req).await?;
-    if let Some(r) = &redemption {
-        if !response.status().is_success() {
-            undo_redemption(&shared, r).await;
-        }
-    }
-    Ok(finish_response(&shared, response, false).await)
-}
-
-/// Checks a token request and makes the request to forward, with the redemption to undo if
-/// the upstream issues no token. `Err` is the refusal to answer with.
-async fn token_forward<ReqBody>(
-    shared: &Shared,
-    req: Request<ReqBody>,
-) -> Result<(Request<PkceBody<ReqBody>>, Option<Redemption>), Response<Bytes>>
-where
-    ReqBody: Body<Data = Bytes>,
-    ReqBody::Error: Into<BoxError>,
-{
-    const EP: &str = "token";
-    let (mut parts, body) = req.into_parts();
-    let refused = |reason: Reason, client: Option<&str>, code: Option<&StoreKey>| {
-        (!refuse(shared, EP, client, reason, code)).then(|| error::json(reason))
-    };
-
-    if token::query_has_oauth_params(parts.uri.query().unwrap_or_default().as_bytes()) {
-        if let Some(response) = refused(Reason::ParametersInQuery, None, None) {
-            return Err(response);
-        }
-    }
-    let bytes = match read_body(&parts.headers, body, shared.config.max_body_bytes).await {
-        Ok(bytes) => bytes,
-        Err(reason) => {
-            // The body is gone: even report mode cannot forward it.
-            refuse(shared, EP, None, reason, None);
-            return Err(error::json(reason));
-        }
-    };
-
-    let mut redemption = None;
-    let mut forward = bytes.clone();
-    let checked = Box::pin(check_token(shared, &parts.headers, &bytes)).await;
-    match checked {
-        Ok(TokenCheck::Other) => {}
-        Ok(TokenCheck::Redeem {
-            redemption: r,
-            form,
-        }) => {
-            redemption = Some(r);
-            if let Some(form) = form {
-                forward = form;
-                parts.headers.insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/x-www-form-urlencoded"),
-                );
-            }
-        }
-        Err((reason, client, code)) => {
-            if let Some(response) = refused(reason, client.as_deref(), code.as_ref()) {
-                return Err(response);
-            }
-        }
-    }
-    set_length(&mut parts.headers, forward.len());
-    Ok((
-        Request::from_parts(parts, PkceBody::full(forward)),
-        redemption,
-    ))
-}
-
-enum TokenCheck {
-    /// Not an authorization code grant: forwarded byte for byte.
-    Other,
-    /// An authorization code grant that passed, with the form to forward when the body was
-    /// JSON.
-    Redeem {
-        redemption: Redemption,
-        form: Option<Bytes>,
-    },
-}
-
-type TokenRefusal = (Reason, Option<String>, Option<StoreKey>);
-
-async fn check_token(
-    shared: &Shared,
-    headers: &HeaderMap,
-    bytes: &Bytes,
-) -> Result<TokenCheck, TokenRefusal> {
-    const EP: &str = "token";
-    let plain = |reason: Reason| (reason, None, None);
-    if bytes.is_empty() {
-        return Ok(TokenCheck::Other);
-    }
-    if !plainly_framed(headers) {
-        return Err(plain(Reason::UnsupportedContentType));
-    }
-    let format = token::body_format(headers.get(header::CONTENT_TYPE)).map_err(plain)?;
-    let converted = match format {
-        BodyFormat::Form => None,
-        BodyFormat::Json => Some(Bytes::from(token::json_to_form(bytes).map_err(plain)?)),
-    };
-    let form = converted.as_ref().unwrap_or(bytes);
-    let params = token::parse_form(form).map_err(plain)?;
-    if !params.authorization_code {
-        // Other grants pass byte for byte, JSON included.
-        return Ok(TokenCheck::Other);
-    }
-    let mut authorizations = headers.get_all(header::AUTHORIZATION).iter();
-    let basic = match (authorizations.next(), authorizations.next()) {
-        (None, _) => None,
-        (Some(value), None) => token::basic_client_id(value).map_err(plain)?,
-        (Some(_), Some(_)) => return Err(plain(Reason::MultipleClientAuth)),
-    };
-    let identity = token::client_identity(&params, basic).map_err(plain)?;
-    let client = identity.as_ref().map(|c| c.name.clone());
-    let Some(code) = params.code.as_deref().map(StoreKey::for_code) else {
-        return Err((Reason::MissingCode, client, None));
-    };
-    let verifier = params
-        .verifier
-        .as_deref()
-        .map(|v| CodeVerifier::parse(v).map_err(|_| ()));
-    match decide_token(shared, code, identity.as_ref(), verifier.as_ref()).await {
-        Ok((pass, redemption)) => {
-            allow(shared, EP, client.as_deref(), pass, Some(&code));
-            Ok(TokenCheck::Redeem {
-                redemption,
-                form: converted,
-            })
-        }
-        Err(reason) => Err((reason, client, Some(code))),
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1495,7 +1255,11 @@ where
         }
     };
     let config = &shared.config;
-    if !metadata::endpoints_are(&bytes, &config.authorize_path, &config.token_path) {
+    let (authorize, token) = (
+        config.authorize_path.normalized(),
+        config.token_path.normalized(),
+    );
+    if !metadata::endpoints_are(&bytes, authorize, token) {
         // A document for endpoints the layer does not guard (another tenant's, say) must not
         // claim PKCE: clients may then rely on it in place of state.
         tracing::warn!(target: "tower_pkce", "discovery document for other endpoints passed unchanged");
