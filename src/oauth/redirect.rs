@@ -74,9 +74,9 @@ pub(crate) struct Capture<'a> {
     state_span: Range<usize>,
 }
 
-/// Finds an authorization response in `location`: a query or fragment with a `state` of the
-/// handle's shape and a `code` or an `error` beside it. A component that repeats any of these
-/// is not read (the client could read another copy).
+/// Finds an authorization response in `location`: a query or fragment with one `state` of
+/// the handle's shape and a `code` or an `error` beside it. A component that repeats `code`,
+/// `error` or a handle is not read (the client could read another copy).
 pub(crate) fn capture(location: &str) -> Option<Capture<'_>> {
     let fragment_at = location.find('#');
     let before_fragment = fragment_at.map_or(location, |i| location.get(..i).unwrap_or_default());
@@ -88,15 +88,15 @@ pub(crate) fn capture(location: &str) -> Option<Capture<'_>> {
         let component = location.get(start..end).unwrap_or_default();
         let list = params::parse(component.as_bytes());
         let count = |name: &str| list.iter().filter(|p| p.is(name)).count();
-        if count("state") != 1 || count("code") > 1 || count("error") > 1 {
+        if count("code") > 1 || count("error") > 1 {
             continue;
         }
-        let Some(state) = params::find(&list, "state") else {
+        // One `state` of the handle's shape: a registered redirect URI may carry a `state`
+        // of its own (`https://app/cb?state=x`), which stays as it is.
+        let mut handles = list.iter().filter(|p| p.is("state") && is_handle(&p.value));
+        let (Some(state), None) = (handles.next(), handles.next()) else {
             continue;
         };
-        if !is_handle(&state.value) {
-            continue;
-        }
         let code = params::value(&list, "code").is_some();
         let error = params::value(&list, "error").is_some();
         if !code && !error {
@@ -290,6 +290,11 @@ mod tests {
             // Ambiguous components are not read.
             (format!("/cb?code=a&code=b&state={H}"), None),
             (format!("/cb?code=a&state={H}&state={H}"), None),
+            // A registered redirect URI's own state stays; the handle beside it is found.
+            (
+                format!("https://c.example/cb?state=mine&code=abc&state={H}"),
+                Some((Some("abc"), false)),
+            ),
             // Handle inside another parameter's value.
             (
                 format!("/login?return_to=%2Fauthorize%3Fstate%3D{H}%26code%3Dx"),

@@ -189,6 +189,12 @@ pub struct Config {
     /// Keep `X-Forwarded-*` and `Forwarded` headers sent by clients (only behind a trusted
     /// proxy); otherwise they are dropped and replaced.
     pub trust_forwarded: bool,
+    /// Query parameters the upstream's token endpoint needs, forwarded re-encoded; see
+    /// [`PkceLayer::token_query_param`].
+    pub token_query_params: Vec<String>,
+    /// Request headers forwarded to the token endpoint besides the ones it always gets; see
+    /// [`PkceLayer::token_forward_header`].
+    pub token_forward_headers: Vec<String>,
     /// A PEM file of CA certificates to trust for an `https` upstream, in addition to the
     /// system's and the webpki roots.
     pub upstream_ca: Option<PathBuf>,
@@ -237,6 +243,8 @@ impl Config {
             store_prefix: "pkce:".into(),
             store_timeout: Duration::from_secs(1),
             trust_forwarded: false,
+            token_query_params: Vec::new(),
+            token_forward_headers: Vec::new(),
             upstream_ca: None,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(10),
@@ -302,6 +310,19 @@ impl Config {
         if let Some(par) = &self.par_path {
             layer = layer.par_path(par);
         }
+        for name in &self.token_query_params {
+            layer = layer
+                .token_query_param(name)
+                .map_err(|e| ConfigError::new(format!("invalid --token-query-param: {e}")))?;
+        }
+        for name in &self.token_forward_headers {
+            let header = http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                ConfigError::new(format!(
+                    "invalid --token-forward-header {name:?}: not a header name"
+                ))
+            })?;
+            layer = layer.token_forward_header(header);
+        }
         layer = match &store {
             super::Store::Memory(memory) => layer.with_store(memory.clone()),
             #[cfg(feature = "redis")]
@@ -324,7 +345,11 @@ impl Config {
         use std::fmt::Write as _;
         let mut out = String::new();
         let d = |d: Duration| humantime::format_duration(d).to_string();
-        let lines: [(&str, String); 26] = [
+        let list = |items: &[String]| {
+            let items: Vec<String> = items.iter().map(|i| quoted(i)).collect();
+            format!("[{}]", items.join(", "))
+        };
+        let lines: [(&str, String); 28] = [
             ("upstream", quoted(&self.upstream.to_string())),
             ("listen", quoted(&self.listen.to_string())),
             (
@@ -347,6 +372,8 @@ impl Config {
             ("store_prefix", quoted(&self.store_prefix)),
             ("store_timeout", quoted(&d(self.store_timeout))),
             ("trust_forwarded", self.trust_forwarded.to_string()),
+            ("token_query_params", list(&self.token_query_params)),
+            ("token_forward_headers", list(&self.token_forward_headers)),
             (
                 "upstream_ca",
                 quoted(
@@ -501,6 +528,26 @@ struct Args {
         value_delimiter = ','
     )]
     exempt_clients: Vec<String>,
+    /// A query parameter the upstream's token endpoint needs, e.g. ADFS's `api-version`
+    /// (repeatable; comma-separated in the environment). Every other query parameter at the
+    /// token endpoint is refused; OAuth parameter names cannot be allowed.
+    #[arg(
+        long = "token-query-param",
+        env = "PKCE_PROXY_TOKEN_QUERY_PARAM",
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
+    token_query_params: Vec<String>,
+    /// A request header forwarded to the token endpoint besides Host, Authorization, Accept,
+    /// Accept-Encoding, User-Agent, Origin and the X-Forwarded-* the proxy sets, e.g. `DPoP`
+    /// (repeatable; comma-separated in the environment).
+    #[arg(
+        long = "token-forward-header",
+        env = "PKCE_PROXY_TOKEN_FORWARD_HEADER",
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
+    token_forward_headers: Vec<String>,
     /// Accept `plain` challenges [default: false].
     #[arg(long, env = "PKCE_PROXY_ALLOW_PLAIN", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     allow_plain: Option<bool>,
@@ -588,6 +635,10 @@ struct FileConfig {
     par_path: Option<String>,
     #[serde(default)]
     exempt_clients: Vec<String>,
+    #[serde(default)]
+    token_query_params: Vec<String>,
+    #[serde(default)]
+    token_forward_headers: Vec<String>,
     allow_plain: Option<bool>,
     mode: Option<String>,
     pending_ttl: Option<String>,
@@ -684,6 +735,36 @@ fn merge(args: Args, file: FileConfig) -> Result<Config, ConfigError> {
             return Err(ConfigError::new("invalid --exempt-client: empty client id"));
         }
         config.clients.entry(id).or_default().exempt = true;
+    }
+    config.token_query_params = if args.token_query_params.is_empty() {
+        file.token_query_params
+    } else {
+        args.token_query_params
+    };
+    config.token_forward_headers = if args.token_forward_headers.is_empty() {
+        file.token_forward_headers
+    } else {
+        args.token_forward_headers
+    };
+    // Checked here, so a bad name is a configuration error before anything starts.
+    for name in &mut config.token_query_params {
+        *name = name.trim().to_owned();
+        if crate::oauth::token::is_oauth_name(name)
+            || !crate::oauth::token::is_rfc_name(name.as_bytes())
+        {
+            return Err(ConfigError::new(format!(
+                "invalid --token-query-param {name:?}: not an RFC 6749 name, or a token \
+                 request parameter, which is only read from the body"
+            )));
+        }
+    }
+    for name in &mut config.token_forward_headers {
+        *name = name.trim().to_owned();
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            return Err(ConfigError::new(format!(
+                "invalid --token-forward-header {name:?}: not a header name"
+            )));
+        }
     }
     if let Some(allow) = args.allow_plain.or(file.allow_plain) {
         config.allow_plain = allow;

@@ -21,7 +21,8 @@ use tower_service::Service;
 use super::config::Config;
 use super::stats::UpstreamFailure;
 use super::upstream::{
-    is_body_stall, ErrorChain, TimeoutBody, Upstream, UpstreamBody, UpstreamError,
+    is_body_stall, is_client_body_failure, ErrorChain, TimeoutBody, Upstream, UpstreamBody,
+    UpstreamError,
 };
 use super::{ProxyResult, Shared};
 use crate::{Pkce, PkceBody};
@@ -437,6 +438,15 @@ fn error_response(shared: &Shared, oauth: bool, error: &UpstreamError) -> Respon
                 "the request body was not received in time",
             )
         }
+        UpstreamError::Failed(e) if is_client_body_failure(e) => {
+            tracing::info!(target: "pkce_proxy", error = %ErrorChain(e), "a client's request body failed");
+            shared.error_response(
+                oauth,
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "the request body could not be read",
+            )
+        }
         UpstreamError::Failed(e) => {
             shared.stats.upstream_error(UpstreamFailure::Failed);
             tracing::warn!(target: "pkce_proxy", error = %ErrorChain(e), "upstream exchange failed");
@@ -570,7 +580,7 @@ fn prepare_request(shared: &Shared, peer_ip: Option<&HeaderValue>, req: &mut Req
         .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
     let headers = req.headers_mut();
     strip_hop_by_hop(headers);
-    drop_rewrite_headers(headers);
+    drop_untrusted_headers(headers, shared.trust_forwarded);
     headers.remove(header::EXPECT);
     if let Some(value) = authority {
         headers.insert(header::HOST, value);
@@ -595,7 +605,6 @@ fn prepare_request(shared: &Shared, peer_ip: Option<&HeaderValue>, req: &mut Req
             }
         }
     } else {
-        drop_forwarding_headers(headers);
         if let Some(ip) = peer_ip {
             headers.insert(X_FORWARDED_FOR, ip.clone());
         }
@@ -606,27 +615,63 @@ fn prepare_request(shared: &Shared, peer_ip: Option<&HeaderValue>, req: &mut Req
     }
 }
 
-/// Drops every header a client could use to claim another address, scheme or host.
-fn drop_forwarding_headers(headers: &mut HeaderMap) {
-    let spoofable = |name: &HeaderName| {
-        let n = name.as_str();
-        n.starts_with("x-forwarded-") || n == "forwarded" || n == "x-real-ip"
+/// Whether a client could use the header to claim another address, scheme or host, in any
+/// of the spellings servers read (`X-Forwarded-*`, `Forwarded`, `X-Real-IP`, `True-Client-IP`
+/// and the like).
+fn is_forwarding(name: &str) -> bool {
+    name.starts_with("x-forwarded-")
+        || matches!(
+            name,
+            "forwarded"
+                | "x-forwarded"
+                | "forwarded-for"
+                | "x-real-ip"
+                | "x-client-ip"
+                | "client-ip"
+                | "true-client-ip"
+                | "cf-connecting-ip"
+                | "fastly-client-ip"
+                | "x-cluster-client-ip"
+                | "x-proxyuser-ip"
+                | "x-host"
+                | "x-original-host"
+                | "x-scheme"
+                | "x-url-scheme"
+                | "front-end-https"
+        )
+}
+
+/// Whether a server could route by the header instead of the request line (the layer
+/// classifies the request line), or read it as a CGI variable: a name with `_` (gunicorn
+/// before 22 takes `SCRIPT_NAME` from one, and WSGI and CGI servers fold `X_Forwarded_Host`
+/// into `HTTP_X_FORWARDED_HOST`; nginx drops them too), `X-Original-URL` and `X-Rewrite-URL`
+/// (old Symfony and Zend, IIS URL Rewrite), prefix headers and method overrides.
+fn is_routing(name: &str) -> bool {
+    name.contains('_')
+        || matches!(
+            name,
+            "x-original-url"
+                | "x-rewrite-url"
+                | "x-original-uri"
+                | "x-script-name"
+                | "script-name"
+                | "path-info"
+                | "x-http-method-override"
+                | "x-http-method"
+                | "x-method-override"
+        )
+        // Prefix headers route too (Werkzeug's ProxyFix, Spring): whatever --trust-forwarded.
+        || matches!(name, "x-forwarded-prefix" | "x-forwarded-path")
+}
+
+/// Drops the routing headers, and the forwarding headers unless they are trusted. One pass
+/// finds whether there is any: most requests have none, and cost no allocation.
+fn drop_untrusted_headers(headers: &mut HeaderMap, trust_forwarded: bool) {
+    let untrusted = |name: &HeaderName| {
+        is_routing(name.as_str()) || (!trust_forwarded && is_forwarding(name.as_str()))
     };
-    drop_matching(headers, spoofable);
-}
-
-/// Drops the headers some frameworks (old Symfony and Zend, IIS URL Rewrite) route by instead
-/// of the request line: the layer classifies the request line, so these would let a request
-/// reach the token endpoint unclassified. Dropped whatever `--trust-forwarded` says.
-fn drop_rewrite_headers(headers: &mut HeaderMap) {
-    drop_matching(headers, |name| {
-        matches!(name.as_str(), "x-original-url" | "x-rewrite-url")
-    });
-}
-
-fn drop_matching(headers: &mut HeaderMap, spoofable: impl Fn(&HeaderName) -> bool) {
-    if headers.keys().any(&spoofable) {
-        let names: Vec<HeaderName> = headers.keys().filter(|n| spoofable(n)).cloned().collect();
+    if headers.keys().any(untrusted) {
+        let names: Vec<HeaderName> = headers.keys().filter(|n| untrusted(n)).cloned().collect();
         for name in names {
             headers.remove(name);
         }
@@ -763,22 +808,60 @@ mod tests {
     }
 
     #[test]
-    fn spoofable_forwarding_headers_go() {
-        let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
-        h.insert("X-Forwarded-Host", HeaderValue::from_static("evil"));
-        h.insert("x-forwarded-prefix", HeaderValue::from_static("/x"));
-        h.insert("forwarded", HeaderValue::from_static("for=1.2.3.4"));
-        h.insert("x-real-ip", HeaderValue::from_static("1.2.3.4"));
-        h.insert("x-forwardedness", HeaderValue::from_static("kept"));
-        drop_forwarding_headers(&mut h);
-        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
-        assert_eq!(left, ["x-forwardedness"]);
-        let mut h = HeaderMap::new();
-        h.insert("x-original-url", HeaderValue::from_static("/token"));
-        h.insert("x-rewrite-url", HeaderValue::from_static("/token"));
-        drop_rewrite_headers(&mut h);
-        assert!(h.is_empty());
+    fn spoofable_forwarding_and_routing_headers_go() {
+        let headers = |names: &[&'static str]| {
+            let mut h = HeaderMap::new();
+            for name in names {
+                h.insert(
+                    HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    HeaderValue::from_static("x"),
+                );
+            }
+            h
+        };
+        let forwarding = [
+            "x-forwarded-for",
+            "X-Forwarded-Host",
+            "forwarded",
+            "x-real-ip",
+            "true-client-ip",
+            "x-forwarded",
+        ];
+        let routing = [
+            "x-forwarded-prefix",
+            "x-original-url",
+            "x-rewrite-url",
+            "SCRIPT_NAME",
+            "X_Forwarded_Host",
+            "x_real_ip",
+            "x-http-method-override",
+        ];
+        let kept = ["x-forwardedness", "x-request-id", "accept"];
+        let all: Vec<&'static str> = forwarding
+            .iter()
+            .chain(&routing)
+            .chain(&kept)
+            .copied()
+            .collect();
+        let left = |trust| {
+            let mut h = headers(&all);
+            drop_untrusted_headers(&mut h, trust);
+            let mut left: Vec<String> = h.keys().map(|k| k.as_str().to_owned()).collect();
+            left.sort_unstable();
+            left
+        };
+        assert_eq!(left(false), ["accept", "x-forwardedness", "x-request-id"]);
+        let mut trusted: Vec<String> = forwarding
+            .iter()
+            .chain(&kept)
+            .map(|n| n.to_ascii_lowercase())
+            .collect();
+        trusted.sort_unstable();
+        assert_eq!(
+            left(true),
+            trusted,
+            "routing headers go even when forwarding is trusted"
+        );
     }
 
     #[test]

@@ -13,11 +13,12 @@ const BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
-const ENDPOINTS: [(Endpoint, &str); 5] = [
+const ENDPOINTS: [(Endpoint, &str); 6] = [
     (Endpoint::Authorize, "authorize"),
     (Endpoint::Token, "token"),
     (Endpoint::Par, "par"),
     (Endpoint::Metadata, "metadata"),
+    (Endpoint::Lookalike, "lookalike"),
     (Endpoint::Other, "other"),
 ];
 

@@ -243,21 +243,50 @@ impl std::fmt::Display for BodyStalled {
 
 impl std::error::Error for BodyStalled {}
 
-/// Whether `error` (or one of its sources) is a stalled request body.
-pub(crate) fn is_body_stall(error: &(dyn std::error::Error + 'static)) -> bool {
+/// The marker inside the [`io::Error`] a request body fails with when the client's body
+/// itself failed (a malformed chunked encoding, a connection cut mid-body): the client's
+/// fault, not the upstream's.
+#[derive(Debug)]
+pub(crate) struct ClientBodyFailed(Box<dyn std::error::Error + Send + Sync>);
+
+impl std::fmt::Display for ClientBodyFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the client's request body could not be read")
+    }
+}
+
+impl std::error::Error for ClientBodyFailed {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}
+
+/// Whether `error` (or one of its sources) carries the marker `M`, itself or inside an
+/// [`io::Error`].
+fn has_marker<M: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut current = Some(error);
     while let Some(e) = current {
         if let Some(io) = e.downcast_ref::<io::Error>() {
-            if io.get_ref().is_some_and(|inner| inner.is::<BodyStalled>()) {
+            if io.get_ref().is_some_and(|inner| inner.is::<M>()) {
                 return true;
             }
         }
-        if e.is::<BodyStalled>() {
+        if e.is::<M>() {
             return true;
         }
         current = e.source();
     }
     false
+}
+
+/// Whether `error` (or one of its sources) is a stalled request body.
+pub(crate) fn is_body_stall(error: &(dyn std::error::Error + 'static)) -> bool {
+    has_marker::<BodyStalled>(error)
+}
+
+/// Whether `error` (or one of its sources) is a client's request body that failed.
+pub(crate) fn is_client_body_failure(error: &(dyn std::error::Error + 'static)) -> bool {
+    has_marker::<ClientBodyFailed>(error)
 }
 
 pin_project! {
@@ -300,7 +329,9 @@ where
                 if let Some(sleep) = this.sleep.as_mut() {
                     sleep.as_mut().reset(Instant::now() + *this.idle);
                 }
-                Poll::Ready(frame.map(|f| f.map_err(io::Error::other)))
+                Poll::Ready(
+                    frame.map(|f| f.map_err(|e| io::Error::other(ClientBodyFailed(e.into())))),
+                )
             }
             Poll::Pending => {
                 let idle = *this.idle;

@@ -26,7 +26,8 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/pkce-stacks.XXXXXX")
 START=$SECONDS
 
 log() { printf '[stacks %3ds] %s\n' "$((SECONDS - START))" "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+HARNESS_ERROR=0
+die() { log "ERROR: $*"; HARNESS_ERROR=1; exit 1; }
 
 PIDS=()
 cleanup() {
@@ -38,7 +39,7 @@ cleanup() {
         kill -KILL "$pid" 2>/dev/null || true
         wait "$pid" 2>/dev/null || true
     done
-    if [[ $status -ne 0 ]]; then
+    if [[ $HARNESS_ERROR == 1 ]]; then
         for f in "$WORK"/*.err; do
             [[ -s $f ]] || continue
             log "---- last lines of $(basename "$f")"
@@ -144,10 +145,6 @@ run_suite gunicorn "$ADDR"
 
 # ------------------------------------------------------------------ report
 cat "$RESULTS"
-echo
-awk -F'|' '{ d=$5; if (length(d) > 80) d=substr(d, 1, 77) "..."
-             printf "%-4s  %-15s  %-68s  %s\n", $4, $2, substr($3, 1, 68), d }' "$RESULTS"
-echo
 PASSED=$(grep -c '|PASS|' "$RESULTS" || true)
 FAILED=$(grep -c '|FAIL|' "$RESULTS" || true)
 log "took $((SECONDS - START)) s"

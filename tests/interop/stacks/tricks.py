@@ -17,6 +17,7 @@ import json
 import secrets
 import socket
 import sys
+import time
 from collections import namedtuple
 from urllib.parse import parse_qs, quote, urlsplit
 
@@ -27,18 +28,23 @@ Req = namedtuple("Req", "method target headers body", defaults=((), b""))
 Resp = namedtuple("Resp", "status headers body")
 
 
-def send(base, req):
-    """Sends req as written (target, header names and body untouched) and reads the answer."""
-    u = urlsplit(base)
+def render(host, req):
+    """The bytes of req, as written: target, header names and body untouched."""
     body = req.body.encode() if isinstance(req.body, str) else req.body
     names = {k.lower() for k, _ in req.headers}
-    head = [f"{req.method} {req.target} HTTP/1.1", f"Host: {u.netloc}", "Connection: close"]
+    head = [f"{req.method} {req.target} HTTP/1.1", f"Host: {host}", "Connection: close"]
     head += [f"{k}: {v}" for k, v in req.headers]
     if "content-length" not in names and "transfer-encoding" not in names:
         if body or req.method == "POST":
             head.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
+
+
+def send(base, req):
+    """Sends req byte for byte on a new connection and reads the answer."""
+    u = urlsplit(base)
     with socket.create_connection((u.hostname, u.port), timeout=TIMEOUT) as sock:
-        sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
+        sock.sendall(render(u.netloc, req))
         resp = http.client.HTTPResponse(sock, method=req.method)
         resp.begin()
         data = resp.read()
@@ -203,6 +209,14 @@ def json_form_polyglot(content_type):
     return make
 
 
+def other_grant_carrying_code(s, code, fresh):
+    """A refresh_token grant (no PKCE to check) that PHP reads as an authorization_code grant:
+    `grant.type` becomes grant_type, and the last one wins."""
+    return post(s.token, form(("grant_type", "refresh_token"), ("refresh_token", "r1"),
+                              ("client_id", CLIENT), ("grant.type", "authorization_code"),
+                              ("code", code)))
+
+
 EXPRESS = [
     ("qs [name]= in the query, empty body", in_query(qs_names("[", "]"))),
     ("qs %5Bname%5D= in the query, empty body", in_query(qs_names("%5B", "%5D"))),
@@ -218,6 +232,9 @@ EXPRESS = [
     ("JSON body (express.json)", lambda s, c, f: Req(
         "POST", s.token, (("Content-Type", "application/json"),),
         json.dumps({"grant_type": "authorization_code", "code": c, "client_id": CLIENT}))),
+    ("JSON body with code as an array (a key all the same)", lambda s, c, f: Req(
+        "POST", s.token, (("Content-Type", "application/json"),),
+        json.dumps({"grant_type": "authorization_code", "code": [c], "client_id": CLIENT}))),
     ("own JSON request + repeated \"code\" key (last wins)", json_repeated_code),
     ("gzip form body (Content-Encoding: gzip)", lambda s, c, f: Req(
         "POST", s.token, (FORM, ("Content-Encoding", "gzip")),
@@ -243,6 +260,7 @@ PHP = [
     ("grant[type / client[id in the body (unclosed [ to _)",
      in_body(("grant[type", "code", "client[id", "redirect[uri"))),
     ("repeated code, PHP takes the last", repeated_code(victim_first=False)),
+    ("refresh_token grant + grant.type=authorization_code + code", other_grant_carrying_code),
     ("GET /token.php?params ($_REQUEST)", lambda s, c, f: Req("GET", f"{s.token}?{token_form(c)}")),
     ("plain params in the query, empty body", in_query()),
     ("percent-encoded names in the query, empty body", in_query(PCT_NAMES)),
@@ -289,6 +307,8 @@ def describe(resp):
     j = as_json(resp)
     if "access_token" in j:
         return f"{resp.status} with an access_token"
+    if 300 <= resp.status < 400:
+        return f"{resp.status} redirect"
     return f"{resp.status} {j.get('error') or resp.body[:60]!r}"
 
 
@@ -374,6 +394,54 @@ def underscore_headers(s):
     run_check(s.suite, f"PROXY {name.replace('reach', 'do not reach')}", check, s.proxy, False)
 
 
+def authorize_without_challenge(s, path, headers):
+    query = form(("response_type", "code"), ("client_id", CLIENT), ("redirect_uri", REDIRECT),
+                 ("state", "s1"))
+
+    def check(via, expect_code):
+        resp = send(via, Req("GET", f"{path}?{query}", headers))
+        location = resp.headers.get("location", "")
+        issued = "code" in parse_qs(urlsplit(location).query)
+        ok = issued if expect_code else not issued and resp.status < 500
+        return ok, f"{describe(resp)}; code issued: {issued}"
+
+    name = f"authorize without code_challenge at {path}" + (" + SCRIPT_NAME" if headers else "")
+    run_check(s.suite, f"DIRECT {name} gets a code", check, s.base, True)
+    run_check(s.suite, f"PROXY {name} is refused", check, s.proxy, False)
+
+
+def smuggled_token_request(s):
+    """CL.TE: a verifier-less token request hidden after the end of a chunked body (PROXY only:
+    there is no differential to show directly)."""
+    def check():
+        code, _ = s.authorize(s.proxy)
+        inner = render(urlsplit(s.base).netloc, post(s.token, token_form(code))).decode()
+        body = "0\r\n\r\n" + inner
+        headers = (("Content-Length", str(len(body))), ("Transfer-Encoding", "chunked"))
+        resp = send(s.proxy, Req("POST", s.seen_path, headers, body))
+        time.sleep(0.3)  # a desynchronised upstream connection would answer it by now
+        redeemed = code in s.seen().get("redeemed", [])
+        return not redeemed, f"{resp.status}; victim code redeemed: {redeemed}"
+
+    run_check(s.suite, "PROXY CL+TE smuggled token request after a chunked body", check)
+
+
+def json_rebuilt_as_form(s):
+    """A JSON token request goes upstream as a form: a value holding '&code=VICTIM' must stay
+    one value (PHP takes the last `code`). PROXY only: PHP reads no JSON."""
+    def check():
+        code, _ = s.authorize(s.proxy)
+        own, verifier = s.authorize(s.proxy)
+        body = json.dumps({"grant_type": "authorization_code", "code": own, "client_id": CLIENT,
+                           "redirect_uri": f"{REDIRECT}&code={code}", "code_verifier": verifier})
+        resp = send(s.proxy, Req("POST", s.token, (("Content-Type", "application/json"),), body))
+        redeemed = code in s.seen().get("redeemed", [])
+        return not redeemed, f"{describe(resp)}; victim code redeemed: {redeemed}"
+
+    run_check(s.suite, "PROXY JSON rebuilt as a form: '&code=VICTIM' in a value stays a value",
+              check)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--suite", required=True, choices=("express", "php", "gunicorn"))
@@ -387,8 +455,13 @@ def main():
         s = Stack(suite, a.stack, a.proxy, "/authorize", "/token", "/_seen")
     controls(s)
     for name, make in {"express": EXPRESS, "php": PHP, "gunicorn": GUNICORN}[a.suite]:
-        run_check(suite, f"DIRECT {name}", direct, s, name, make)
-        run_check(suite, f"PROXY {name}", proxied, s, name, make)
+        run_check(suite, f"DIRECT {name}", direct, s, make)
+        run_check(suite, f"PROXY {name}", proxied, s, make)
+    for path, headers in AUTHORIZE[a.suite]:
+        authorize_without_challenge(s, path, headers)
+    smuggled_token_request(s)
+    if a.suite == "php":
+        json_rebuilt_as_form(s)
     if a.suite == "gunicorn":
         underscore_headers(s)
     return 0
