@@ -100,9 +100,9 @@ pub enum Reason {
     MissingGrantType,
     /// `code` or `code_verifier` in a token request of another grant type.
     GrantMismatch,
-    /// A request to the token endpoint with a method other than `POST` (or an `OPTIONS`
-    /// preflight).
-    TokenMethod,
+    /// A request to the token or PAR endpoint with a method other than `POST` (or, at the
+    /// token endpoint, an `OPTIONS` preflight).
+    PostOnly,
     /// A token or pushed authorization request with more parameters than any real one has.
     TooManyParameters,
     /// A path that some server would route to an OAuth endpoint but that is not that
@@ -291,11 +291,7 @@ impl Reason {
                 REQ,
                 "code and code_verifier belong to grant_type=authorization_code only",
             ),
-            Self::TokenMethod => (
-                "token_method",
-                REQ,
-                "the token endpoint accepts POST requests only",
-            ),
+            Self::PostOnly => ("post_only", REQ, "this endpoint accepts POST requests only"),
             Self::TooManyParameters => ("too_many_parameters", REQ, "too many parameters"),
             Self::EndpointLookalike => (
                 "endpoint_lookalike",
@@ -342,7 +338,7 @@ impl Reason {
         Self::StoreUnavailable,
         Self::MissingGrantType,
         Self::GrantMismatch,
-        Self::TokenMethod,
+        Self::PostOnly,
         Self::TooManyParameters,
         Self::EndpointLookalike,
     ];

@@ -33,6 +33,15 @@ const OAUTH_NAMES: &[&str] = &[
     "scope",
     "resource",
     "audience",
+    // Authorization request parameters, for pushed requests (RFC 9126).
+    "state",
+    "response_type",
+    "response_mode",
+    "code_challenge",
+    "code_challenge_method",
+    "request",
+    "request_uri",
+    "nonce",
 ];
 
 /// The most parameters a token request may carry: real ones have under fifteen, and the
@@ -201,7 +210,46 @@ pub(crate) struct TokenParams<'a> {
 /// [`TokenParams::forward`], encoded afresh from what was read: an upstream cannot read
 /// anything the layer did not.
 pub(crate) fn parse_form(body: &[u8]) -> Result<TokenParams<'_>, Reason> {
-    let mut list: Vec<Param<'_>> = params::parse(body);
+    let (mut list, names) = read_checked(body)?;
+    // Names are now spelled exactly: the lookups by normalized name find the one parameter.
+    let grant = params::value(&list, "grant_type").ok_or(Reason::MissingGrantType)?;
+    if !grant.iter().all(|b| (0x21..=0x7e).contains(b)) {
+        return Err(Reason::MalformedParameter);
+    }
+    let authorization_code = grant.eq_ignore_ascii_case(b"authorization_code");
+    let carries_code =
+        params::value(&list, "code").is_some() || params::value(&list, "code_verifier").is_some();
+    if carries_code && !authorization_code {
+        return Err(Reason::GrantMismatch);
+    }
+    let vschar = |name: &str| params::value(&list, name).is_none_or(is_vschar);
+    if !vschar("code") || !vschar("client_id") {
+        return Err(Reason::MalformedParameter);
+    }
+    let forward = encode(&list, &names, body.len(), |param| {
+        (authorization_code && param.is("grant_type")).then_some(&b"authorization_code"[..])
+    });
+    let client_secret = params::value(&list, "client_secret").is_some();
+    let client_assertion = params::value(&list, "client_assertion").is_some();
+    let code = params::take(&mut list, "code");
+    let verifier = params::text(params::take(&mut list, "code_verifier"))?;
+    let client_id = params::text(params::take(&mut list, "client_id"))?;
+    Ok(TokenParams {
+        authorization_code,
+        code,
+        verifier,
+        client_id,
+        client_secret,
+        client_assertion,
+        forward,
+    })
+}
+
+/// A form's parameters and their names as sent (decoded), checked as [`parse_form`] checks
+/// them: RFC 6749 names, none reading alike to another, OAuth names spelled exactly, values
+/// in UTF-8.
+fn read_checked(body: &[u8]) -> Result<(Vec<Param<'_>>, Vec<Cow<'_, [u8]>>), Reason> {
+    let list: Vec<Param<'_>> = params::parse(body);
     if list.len() > MAX_PARAMS {
         return Err(Reason::TooManyParameters);
     }
@@ -228,48 +276,33 @@ pub(crate) fn parse_form(body: &[u8]) -> Result<TokenParams<'_>, Reason> {
     if list.iter().any(|p| std::str::from_utf8(&p.value).is_err()) {
         return Err(Reason::MalformedParameter);
     }
-    // Names are now spelled exactly: the lookups by normalized name find the one parameter.
-    let grant = params::value(&list, "grant_type").ok_or(Reason::MissingGrantType)?;
-    if !grant.iter().all(|b| (0x21..=0x7e).contains(b)) {
-        return Err(Reason::MalformedParameter);
-    }
-    let authorization_code = grant.eq_ignore_ascii_case(b"authorization_code");
-    let carries_code =
-        params::value(&list, "code").is_some() || params::value(&list, "code_verifier").is_some();
-    if carries_code && !authorization_code {
-        return Err(Reason::GrantMismatch);
-    }
-    let vschar = |name: &str| params::value(&list, name).is_none_or(is_vschar);
-    if !vschar("code") || !vschar("client_id") {
-        return Err(Reason::MalformedParameter);
-    }
-    let mut forward = Vec::with_capacity(body.len() + 8);
-    for (name, param) in names.iter().zip(&list) {
+    Ok((list, names))
+}
+
+/// A form of every parameter with a value, in order, encoded afresh; `replace` may give a
+/// parameter another value.
+fn encode<'p>(
+    list: &'p [Param<'_>],
+    names: &[Cow<'_, [u8]>],
+    capacity: usize,
+    replace: impl Fn(&Param<'_>) -> Option<&'p [u8]>,
+) -> Vec<u8> {
+    let mut form = Vec::with_capacity(capacity + 8);
+    for (name, param) in names.iter().zip(list) {
         if param.value.is_empty() {
             // Empty is absent (RFC 6749 §3.1).
             continue;
         }
-        let value: &[u8] = if authorization_code && param.is("grant_type") {
-            b"authorization_code"
-        } else {
-            &param.value
-        };
-        append_pair(&mut forward, name, value);
+        append_pair(&mut form, name, replace(param).unwrap_or(&param.value));
     }
-    let client_secret = params::value(&list, "client_secret").is_some();
-    let client_assertion = params::value(&list, "client_assertion").is_some();
-    let code = params::take(&mut list, "code");
-    let verifier = params::text(params::take(&mut list, "code_verifier"))?;
-    let client_id = params::text(params::take(&mut list, "client_id"))?;
-    Ok(TokenParams {
-        authorization_code,
-        code,
-        verifier,
-        client_id,
-        client_secret,
-        client_assertion,
-        forward,
-    })
+    form
+}
+
+/// A form body (a pushed authorization request's) checked like a token request's names and
+/// values ([`read_checked`]) and encoded afresh: what is forwarded is what was read.
+pub(crate) fn canonical_form(body: &[u8]) -> Result<Vec<u8>, Reason> {
+    let (list, names) = read_checked(body)?;
+    Ok(encode(&list, &names, body.len(), |_| None))
 }
 
 /// The client named by an HTTP Basic user. RFC 6749 §2.3.1 form-encodes the client id

@@ -18,7 +18,7 @@ use crate::layer::{Mode, PkceLayer, Shared};
 use crate::metrics::{Outcome, Pass};
 use crate::oauth::authorize::{self, AuthorizeParams, Part};
 use crate::oauth::error::{self, Reason};
-use crate::oauth::token::{body_format, BodyFormat};
+use crate::oauth::token::{self as oauth_token, body_format, BodyFormat};
 use crate::oauth::{form_post, metadata, path, redirect};
 use crate::store::{PendingFlow, StoreError, StoreKey};
 use crate::BoxError;
@@ -722,7 +722,10 @@ where
     // The answer's request_uri is read: ask for it uncompressed.
     parts.headers.remove(header::ACCEPT_ENCODING);
     if parts.method != Method::POST {
-        // RFC 9126 §2: POST only. The upstream says so itself.
+        // RFC 9126 §2: POST only.
+        if !refuse(&shared, EP, None, Reason::PostOnly, None) {
+            return Ok(respond(error::json(Reason::PostOnly)));
+        }
         let req = Request::from_parts(parts, PkceBody::new(body));
         return Ok(finish_response(&shared, inner.call(req).await?, false).await);
     }
@@ -767,18 +770,58 @@ where
             (AuthorizeDecision::Unchanged, params.unwrap_or_default())
         }
     };
+    // What is pushed upstream is rebuilt from what was read, as at the token endpoint: the
+    // endpoint's path, the allowed headers, and the body encoded afresh.
+    let pushed = match &decision {
+        AuthorizeDecision::Wrapped(handle) => {
+            let span = match params.state_at.clone() {
+                Some((Part::Body, span)) => Some(span),
+                _ => None,
+            };
+            oauth_token::canonical_form(&authorize::put_state(&body, span, handle.as_str()))
+        }
+        _ => oauth_token::canonical_form(&body),
+    };
+    let pushed = match pushed {
+        Ok(pushed) => pushed,
+        Err(reason) => {
+            if let AuthorizeDecision::Wrapped(handle) = &decision {
+                let _ = shared
+                    .store
+                    .take_flow(StoreKey::for_handle(handle.as_str()))
+                    .await;
+            }
+            let client = params.client_id.as_deref();
+            if !refuse(&shared, EP, client, reason, None) {
+                return Ok(respond(error::json(reason)));
+            }
+            // Report mode: pushed as it came.
+            set_length(&mut parts.headers, body.len());
+            let req = Request::from_parts(parts, PkceBody::full(body));
+            return Ok(finish_response(&shared, inner.call(req).await?, false).await);
+        }
+    };
+    let Some(par_path) = shared.config.par_path.as_ref() else {
+        // Classified as PAR only when a PAR path is set.
+        return Ok(respond(error::json(Reason::StoreUnavailable)));
+    };
+    match with_path_and_query(std::mem::take(&mut parts.uri), par_path.written().into()) {
+        Some(uri) => parts.uri = uri,
+        None => return Ok(respond(error::json(Reason::MalformedParameter))),
+    }
+    parts.headers =
+        token::forward_headers(&parts.headers, &shared.config.token_forward_headers, false);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-www-form-urlencoded"),
+    );
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(pushed.len()));
+    let req = Request::from_parts(parts, PkceBody::full(Bytes::from(pushed)));
     let AuthorizeDecision::Wrapped(handle) = decision else {
-        set_length(&mut parts.headers, body.len());
-        let req = Request::from_parts(parts, PkceBody::full(body));
         return Ok(finish_response(&shared, inner.call(req).await?, false).await);
     };
-    let span = match params.state_at.clone() {
-        Some((Part::Body, span)) => Some(span),
-        _ => None,
-    };
-    let pushed_body = authorize::put_state(&body, span, handle.as_str());
-    set_length(&mut parts.headers, pushed_body.len());
-    let req = Request::from_parts(parts, PkceBody::full(Bytes::from(pushed_body)));
     let response = inner.call(req).await;
     let handle_key = StoreKey::for_handle(handle.as_str());
     let response = match response {

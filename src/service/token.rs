@@ -279,7 +279,7 @@ async fn check_token(
 ) -> Result<Checked, TokenRefusal> {
     let plain = |reason: Reason| (reason, None, None);
     if parts.method != Method::POST {
-        return Err(plain(Reason::TokenMethod));
+        return Err(plain(Reason::PostOnly));
     }
     let query = parts.uri.query().unwrap_or_default().as_bytes();
     let query = token::forward_query(query, &shared.config.token_query_params).map_err(plain)?;
