@@ -114,6 +114,9 @@ pub(crate) fn forward_query(query: &[u8], allowed: &[Box<str>]) -> Result<Vec<u8
         append_pair(&mut form, &name, &param.value);
         names.push(name);
     }
+    if !decoded_whole_agrees(&form, |_| None) {
+        return Err(Reason::ParametersInQuery);
+    }
     Ok(form)
 }
 
@@ -229,6 +232,13 @@ pub(crate) fn parse_form(body: &[u8]) -> Result<TokenParams<'_>, Reason> {
     let forward = encode(&list, &names, body.len(), |param| {
         (authorization_code && param.is("grant_type")).then_some(&b"authorization_code"[..])
     });
+    let ours = |name: &str| match name {
+        "grant_type" if authorization_code => Some(&b"authorization_code"[..]),
+        _ => params::value(&list, name),
+    };
+    if !decoded_whole_agrees(&forward, ours) {
+        return Err(Reason::MalformedParameter);
+    }
     let client_secret = params::value(&list, "client_secret").is_some();
     let client_assertion = params::value(&list, "client_assertion").is_some();
     let code = params::take(&mut list, "code");
@@ -243,6 +253,39 @@ pub(crate) fn parse_form(body: &[u8]) -> Result<TokenParams<'_>, Reason> {
         client_assertion,
         forward,
     })
+}
+
+/// The parameters the token decision reads.
+const DECISION_NAMES: [&str; 4] = ["grant_type", "code", "code_verifier", "client_id"];
+
+/// Whether a server that percent-decodes a whole form before splitting it (on `&` and `;`)
+/// reads the same decision parameters as `ours` (absent ones absent): an encoded `%26code%3D`
+/// inside another value would be a `code` to it.
+fn decoded_whole_agrees<'v>(form: &[u8], ours: impl Fn(&str) -> Option<&'v [u8]>) -> bool {
+    let decoded = params::decode(form);
+    let mut found = [0usize; DECISION_NAMES.len()];
+    for pair in decoded.split(|&b| b == b'&' || b == b';') {
+        let (name, value) = match pair.iter().position(|&b| b == b'=') {
+            Some(eq) => (pair.get(..eq).unwrap_or_default(), pair.get(eq + 1..)),
+            None => (pair, None),
+        };
+        let name = name.trim_ascii();
+        for (i, known) in DECISION_NAMES.iter().enumerate() {
+            if read_alike(name, known.as_bytes()) {
+                let value = value.unwrap_or_default();
+                if value.is_empty() {
+                    continue;
+                }
+                if Some(value) != ours(known) {
+                    return false;
+                }
+                if let Some(count) = found.get_mut(i) {
+                    *count += 1;
+                }
+            }
+        }
+    }
+    found.iter().all(|&n| n <= 1)
 }
 
 /// A form's parameters and their names as sent (decoded), checked as [`parse_form`] checks
@@ -533,6 +576,19 @@ mod tests {
                 Reason::MalformedParameter,
             ),
             (b"grant_type=x&note=%FF", Reason::MalformedParameter),
+            // Read by a server that decodes the whole body before splitting it.
+            (
+                b"grant_type=refresh_token&refresh_token=r%26code%3Dvictim",
+                Reason::MalformedParameter,
+            ),
+            (
+                b"grant_type=authorization_code&code=mine&x=1%3Bcode%3Dvictim",
+                Reason::MalformedParameter,
+            ),
+            (
+                b"grant_type=refresh_token&refresh_token=r;grant_type=authorization_code",
+                Reason::MalformedParameter,
+            ),
             (b"code_verifier=%FF", Reason::MalformedParameter),
             (b"client_id=%FF", Reason::MalformedParameter),
             (
@@ -703,7 +759,10 @@ mod tests {
             ("", Ok("")),
             ("api-version=1.0", Ok("api-version=1.0")),
             ("tenant=a%20b&api-version=2", Ok("tenant=a+b&api-version=2")),
-            ("api-version=1;code=x", Ok("api-version=1%3Bcode%3Dx")),
+            ("api-version=1.0%3Bx%3D1", Ok("api-version=1.0%3Bx%3D1")),
+            // A server that decodes the whole query first would read a `code` here.
+            ("api-version=1;code=x", Err(Reason::ParametersInQuery)),
+            ("api-version=1%26code%3Dx", Err(Reason::ParametersInQuery)),
             ("code=x", Err(Reason::ParametersInQuery)),
             ("[code]=x", Err(Reason::ParametersInQuery)),
             ("code%00=x", Err(Reason::ParametersInQuery)),
@@ -759,8 +818,13 @@ mod tests {
             ),
             // A raw `;` is part of a value, and is sent escaped.
             (
-                "grant_type=refresh_token&refresh_token=r;code=x",
-                "grant_type=refresh_token&refresh_token=r%3Bcode%3Dx",
+                "grant_type=refresh_token&refresh_token=r;x=y",
+                "grant_type=refresh_token&refresh_token=r%3Bx%3Dy",
+            ),
+            // A redirect URI with a query of its own.
+            (
+                "grant_type=authorization_code&code=c&redirect_uri=https://a/cb?x=1%26y=2",
+                "grant_type=authorization_code&code=c&redirect_uri=https%3A%2F%2Fa%2Fcb%3Fx%3D1%26y%3D2",
             ),
             ("grant_type=client_credentials&x.y-z=1+2", "grant_type=client_credentials&x.y-z=1+2"),
         ];

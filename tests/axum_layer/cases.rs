@@ -567,18 +567,29 @@ async fn a_redemption_the_upstream_refuses_returns_the_code_to_bound() {
 }
 
 #[tokio::test]
-async fn other_grants_pass_byte_for_byte() {
-    let (app, legacy) = build(&layer());
+async fn other_grants_are_forwarded_as_they_were_read() {
+    let layer = layer();
+    let (app, legacy) = build(&layer);
     let bodies = [
-        "grant_type=refresh_token&refresh_token=rt-1&client_id=app",
-        "grant_type=client_credentials&scope=a+b%20c",
+        (
+            "grant_type=refresh_token&refresh_token=rt-1&client_id=app",
+            "grant_type=refresh_token&refresh_token=rt-1&client_id=app",
+        ),
+        // Encoded afresh, the one way: an upstream reads what the layer read.
+        (
+            "grant_type=client_credentials&scope=a+b%20c&empty=",
+            "grant_type=client_credentials&scope=a+b+c",
+        ),
     ];
-    for body in bodies {
+    for (body, forwarded) in bodies {
         let response = app.send(form_post("/token", body)).await;
         assert!(reason(&response).is_none());
-        assert_eq!(legacy.token_bodies.lock().unwrap().last().unwrap(), body);
+        assert_eq!(
+            legacy.token_bodies.lock().unwrap().last().unwrap(),
+            forwarded
+        );
     }
-    // JSON for another grant is not rewritten either.
+    // JSON for another grant is forwarded as the form it was read as.
     let json = r#"{"grant_type":"refresh_token","refresh_token":"rt"}"#;
     let req = Request::post("/token")
         .header(header::CONTENT_TYPE, "application/json")
@@ -586,7 +597,17 @@ async fn other_grants_pass_byte_for_byte() {
         .unwrap();
     let response = app.send(req).await;
     assert!(reason(&response).is_none());
-    assert_eq!(legacy.token_bodies.lock().unwrap().last().unwrap(), json);
+    assert_eq!(
+        legacy.token_bodies.lock().unwrap().last().unwrap(),
+        "grant_type=refresh_token&refresh_token=rt"
+    );
+    // Every one of them decided and counted.
+    let counted = layer
+        .metrics()
+        .snapshot()
+        .into_iter()
+        .find(|(_, reason, _)| *reason == "other_grant");
+    assert_eq!(counted.map(|(_, _, n)| n), Some(3));
 }
 
 #[tokio::test]
@@ -1021,8 +1042,14 @@ async fn authorize_by_post_and_in_both_places() {
     let response = app.send(form_post("/authorize", &query)).await;
     // The legacy server only routes GET: but the layer inspected and rewrote the body first.
     assert!(reason(&response).is_none());
+    // Identical copies in the query and the body are one parameter (Django OAuth Toolkit's
+    // consent form); copies that differ are refused.
     let response = app
         .send(form_post(&format!("/authorize?client_id={CLIENT}"), &query))
+        .await;
+    assert!(reason(&response).is_none(), "{:?}", response.body());
+    let response = app
+        .send(form_post("/authorize?client_id=another", &query))
         .await;
     assert_refused(&response, Reason::ParameterInQueryAndBody);
     let response = app
@@ -1373,10 +1400,22 @@ async fn token_bodies_a_lenient_upstream_reads_differently_are_refused() {
     };
     let form = "application/x-www-form-urlencoded";
     let cases: Vec<(Request<Body>, Reason)> = vec![
-        // No grant_type (some servers default it): read as a code grant.
-        (form_post("/token", &format!("code={victim}&client_id={CLIENT}")), Reason::VerifierRequired),
-        // Another grant carrying a code is read as a code grant too.
-        (form_post("/token", &format!("grant_type=refresh_token&code={victim}&client_id={CLIENT}")), Reason::VerifierRequired),
+        // No grant_type (some servers default it), and an empty body: not read completely.
+        (form_post("/token", &format!("code={victim}&client_id={CLIENT}")), Reason::MissingGrantType),
+        (form_post("/token", ""), Reason::MissingGrantType),
+        // Another grant carrying a code.
+        (form_post("/token", &format!("grant_type=refresh_token&code={victim}&client_id={CLIENT}")), Reason::GrantMismatch),
+        // Other spellings of a name the layer reads.
+        (form_post("/token", &format!("grant_type=authorization_code&Code={victim}&client_id={CLIENT}")), Reason::MalformedParameter),
+        (form_post("/token", &format!("grant_type=authorization_code&code%00={victim}&client_id={CLIENT}")), Reason::MalformedParameter),
+        (form_post("/token", &format!("grant_type=authorization_code&%u0063ode={victim}&client_id={CLIENT}")), Reason::MalformedParameter),
+        // Query parameters in qs's and PHP's spellings, with an empty body.
+        (form_post(&format!("/token?[grant_type]=authorization_code&[code]={victim}&[client_id]={CLIENT}"), ""), Reason::ParametersInQuery),
+        (form_post(&format!("/token?grant_type%00=authorization_code&code%00={victim}"), ""), Reason::ParametersInQuery),
+        // Read by a server that decodes the whole body before splitting it.
+        (form_post("/token", &format!("grant_type=refresh_token&refresh_token=x%26grant_type%3Dauthorization_code%26code%3D{victim}")), Reason::MalformedParameter),
+        // Not POST.
+        (get(&format!("/token?grant_type=authorization_code&code={victim}")), Reason::PostOnly),
         // Names PHP reads as grant_type / code.
         (form_post("/token", &format!("grant.type=authorization_code&code={victim}&client_id={CLIENT}")), Reason::MalformedParameter),
         (form_post("/token", &format!("+grant_type=authorization_code&code={victim}&client_id={CLIENT}")), Reason::MalformedParameter),
