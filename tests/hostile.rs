@@ -827,41 +827,43 @@ async fn twenty_thousand_parameters_are_judged_quickly() {
     .await;
     assert!(took < Duration::from_secs(2), "{took:?}");
 
-    // 20 000 distinct parameters with an unknown code: read through and judged.
-    let started = Instant::now();
-    let response = post_token(
-        &http,
-        &base,
-        form,
-        format!("{}{distinct}", redemption("unknown", &pkce.verifier)),
-    )
-    .await;
-    let took = started.elapsed();
-    oauth_error(
-        "20 000 distinct, unknown code",
-        response,
-        StatusCode::BAD_REQUEST,
-        "invalid_grant",
-    )
-    .await;
-    assert!(took < Duration::from_secs(2), "{took:?}");
+    // 20 000 distinct parameters: no token request has that many; refused as quickly, and
+    // nothing reaches the upstream.
+    for code in ["unknown", code.as_str()] {
+        let started = Instant::now();
+        let response = post_token(
+            &http,
+            &base,
+            form,
+            format!("{}{distinct}", redemption(code, &pkce.verifier)),
+        )
+        .await;
+        let took = started.elapsed();
+        oauth_error(
+            "20 000 distinct",
+            response,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        )
+        .await;
+        assert!(took < Duration::from_secs(2), "{took:?}");
+    }
     assert!(legacy.token_bodies.lock().unwrap().is_empty());
 
-    // Unknown parameters are not the layer's business (RFC 6749 §3.2): with the right code
-    // and verifier, the request goes through whole.
-    let started = Instant::now();
+    // A few unknown parameters are not the layer's business (RFC 6749 §3.2): with the right
+    // code and verifier, they are forwarded, re-encoded.
+    let few = distinct_params(20, "1");
     let response = post_token(
         &http,
         &base,
         form,
-        format!("{}{distinct}", redemption(&code, &pkce.verifier)),
+        format!("{}{few}", redemption(&code, &pkce.verifier)),
     )
     .await;
     assert_eq!(response.status(), StatusCode::OK);
-    assert!(started.elapsed() < Duration::from_secs(2));
     let received = legacy.token_bodies.lock().unwrap().clone();
     assert_eq!(received.len(), 1);
-    assert!(received[0].ends_with(distinct.as_bytes()));
+    assert!(received[0].ends_with(few.as_bytes()));
 
     // The default limit refuses such a body by size.
     let default = Proxy::start(upstream, &[]).await;
@@ -1090,7 +1092,7 @@ async fn invalid_utf8_and_percent_encoding_are_invalid_request() {
             400,
             "invalid_grant",
         ),
-        // Codes are bytes: an undecodable one is simply unknown.
+        // A code that is not UTF-8 (RFC 6749: VSCHAR) is not read at all.
         (
             "code %FF%FE",
             format!(
@@ -1099,7 +1101,7 @@ async fn invalid_utf8_and_percent_encoding_are_invalid_request() {
             )
             .into_bytes(),
             400,
-            "invalid_grant",
+            "invalid_request",
         ),
         (
             "code %ZZ",
@@ -1111,13 +1113,12 @@ async fn invalid_utf8_and_percent_encoding_are_invalid_request() {
             400,
             "invalid_grant",
         ),
-        // An undecodable grant_type does not turn the request into another grant: the code
-        // is checked, and a bound code needs its verifier (a second failed attempt).
+        // An undecodable grant_type: the request is not read, so it is not forwarded.
         (
             "grant_type %FF without verifier",
             format!("grant_type=%FF&code={enc}&client_id={CLIENT}").into_bytes(),
             400,
-            "invalid_grant",
+            "invalid_request",
         ),
     ];
     for (what, body, status, error) in token_cases {
@@ -1152,7 +1153,7 @@ async fn invalid_utf8_and_percent_encoding_are_invalid_request() {
         forwarded,
         "no malformed request reached the upstream"
     );
-    // Two failed attempts of five: the code still works with its verifier.
+    // One failed attempt of five: the code still works with its verifier.
     let (status, body) = redeem(&base, &code, Some(&pkce.verifier)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
 

@@ -1,0 +1,292 @@
+//! Readings of a token request that real legacy servers make and that cannot all run here
+//! (ASP.NET's `%uXXXX` names, IIS's `%uXXXX` paths, Unicode lowercasing in routers, servers
+//! that percent-decode a whole target or body before splitting it, bodies read as forms
+//! whatever their content type), emulated by one lenient server on a real socket. For each
+//! trick: against the server alone it redeems a code (so the differential is real), and
+//! through pkce-proxy a code bound to a challenge is refused and never reaches the server.
+//! The real stacks (Express, PHP, gunicorn, Django OAuth Toolkit) are in `tests/interop/`.
+
+mod support;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+
+use support::proxy::Proxy;
+use support::{Pkce, CLIENT, REDIRECT};
+
+/// What the lenient server issued and redeemed.
+#[derive(Clone, Default)]
+struct Lenient {
+    minted: Arc<std::sync::atomic::AtomicUsize>,
+    issued: Arc<Mutex<HashSet<String>>>,
+    redeemed: Arc<Mutex<Vec<String>>>,
+}
+
+/// Decodes `%uXXXX` (ASP.NET's `UrlDecode`) and `%XX` escapes and `+`, as far as they go.
+fn decode_all(input: &str) -> String {
+    let mut text = input.replace('+', " ");
+    for _ in 0..3 {
+        let mut out = String::new();
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find('%') {
+            out.push_str(&rest[..at]);
+            let tail = &rest[at..];
+            let wide = tail
+                .get(1..6)
+                .filter(|e| e.starts_with(['u', 'U']))
+                .and_then(|e| u32::from_str_radix(&e[1..], 16).ok())
+                .and_then(char::from_u32);
+            if let Some(c) = wide {
+                out.push(c);
+                rest = &tail[6..];
+            } else {
+                out.push('%');
+                rest = &tail[1..];
+            }
+        }
+        out.push_str(rest);
+        let decoded = percent_encoding::percent_decode_str(&out)
+            .decode_utf8_lossy()
+            .into_owned();
+        if decoded == text {
+            break;
+        }
+        text = decoded;
+    }
+    text
+}
+
+/// The laxest reading of parameters: the whole input decoded first, then split on `&` and
+/// `;`, names compared without case; the last copy wins.
+fn lenient_params(input: &str) -> Vec<(String, String)> {
+    decode_all(input)
+        .split(['&', ';'])
+        .filter_map(|pair| {
+            let (name, value) = pair.split_once('=')?;
+            Some((name.trim().to_lowercase(), value.to_owned()))
+        })
+        .collect()
+}
+
+fn last<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .rev()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+impl Lenient {
+    async fn start(&self) -> SocketAddr {
+        let state = self.clone();
+        let router = Router::new().fallback(
+            move |method: Method, uri: Uri, _headers: HeaderMap, body: Bytes| {
+                let state = state.clone();
+                async move { state.handle(method, uri, body) }
+            },
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        addr
+    }
+
+    fn handle(&self, method: Method, uri: Uri, body: Bytes) -> Response {
+        // The whole target decoded before it is split (and Unicode-lowercased, as routers in
+        // Python, JavaScript and Java compare paths): `/to%E2%84%AAen` is `/token`.
+        let target = decode_all(&uri.to_string());
+        let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+        let path = path.to_lowercase();
+        let mut params = lenient_params(query);
+        if path == "/authorize" && method == Method::GET {
+            let code = self.mint();
+            let state = last(&params, "state").unwrap_or_default();
+            let to = format!("{REDIRECT}?code={code}&state={}", support::urlencode(state));
+            return (StatusCode::FOUND, [("location", to)]).into_response();
+        }
+        if path != "/token" || method != Method::POST {
+            return StatusCode::NOT_FOUND.into_response();
+        }
+        // The body as a form, whatever its content type.
+        params.extend(lenient_params(&String::from_utf8_lossy(&body)));
+        let grant = last(&params, "grant_type").unwrap_or_default();
+        let code = last(&params, "code").unwrap_or_default().to_owned();
+        if grant == "authorization_code" && self.issued.lock().unwrap().remove(&code) {
+            self.redeemed.lock().unwrap().push(code);
+            let token = r#"{"access_token":"at","token_type":"Bearer"}"#;
+            return ([("content-type", "application/json")], token).into_response();
+        }
+        (StatusCode::BAD_REQUEST, r#"{"error":"invalid_grant"}"#).into_response()
+    }
+
+    /// A fresh code, issued.
+    fn mint(&self) -> String {
+        let n = self
+            .minted
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let code = format!("code-{n}");
+        self.issued.lock().unwrap().insert(code.clone());
+        code
+    }
+
+    fn redeemed(&self, code: &str) -> bool {
+        self.redeemed.lock().unwrap().iter().any(|c| c == code)
+    }
+}
+
+/// Sends raw bytes and returns the status: no client library normalises the target.
+async fn send_raw(addr: SocketAddr, request: String) -> u16 {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut response),
+    )
+    .await
+    .expect("an answer within 10 s")
+    .unwrap();
+    let head = String::from_utf8_lossy(&response);
+    head.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+fn post(target: &str, content_type: &str, body: &str) -> String {
+    format!(
+        "POST {target} HTTP/1.1\r\nHost: as.example\r\nContent-Type: {content_type}\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+const FORM: &str = "application/x-www-form-urlencoded";
+
+/// A trick: a request that redeems `code` without its verifier on a lenient reading.
+type Trick = fn(&str) -> String;
+
+const TRICKS: &[(&str, Trick)] = &[
+    ("%uXXXX in a parameter name (ASP.NET)", |code| {
+        post(
+            "/token",
+            FORM,
+            &format!("grant_type=authorization_code&%u0063ode={code}&client_id={CLIENT}"),
+        )
+    }),
+    ("%uXXXX in the path (IIS)", |code| {
+        post(
+            "/%u0074oken",
+            FORM,
+            &format!("grant_type=authorization_code&code={code}&client_id={CLIENT}"),
+        )
+    }),
+    ("the Kelvin sign lowercased in the path", |code| {
+        post(
+            "/to%E2%84%AAen",
+            FORM,
+            &format!("grant_type=authorization_code&code={code}&client_id={CLIENT}"),
+        )
+    }),
+    ("a body decoded whole before it is split", |code| {
+        post(
+            "/token",
+            FORM,
+            &format!(
+                "grant_type=refresh_token&refresh_token=x%26grant_type%3Dauthorization_code\
+                 %26code%3D{code}%26client_id%3D{CLIENT}"
+            ),
+        )
+    }),
+    ("a target decoded whole before it is split", |code| {
+        post(
+            &format!(
+                "/token%3Fgrant_type%3Dauthorization_code%26code%3D{code}%26client_id%3D{CLIENT}"
+            ),
+            FORM,
+            "",
+        )
+    }),
+    ("a JSON body of another grant read as a form", |code| {
+        post(
+            "/token",
+            "application/json",
+            &format!(
+                r#"{{"grant_type":"refresh_token","refresh_token":"&grant_type=authorization_code&code={code}&client_id={CLIENT}&"}}"#
+            ),
+        )
+    }),
+    ("a lowercase-insensitive duplicate name", |code| {
+        post(
+            "/token",
+            FORM,
+            &format!("grant_type=refresh_token&refresh_token=x&GRANT_TYPE=authorization_code&CODE={code}&client_id={CLIENT}"),
+        )
+    }),
+];
+
+/// An authorization request through the proxy with an S256 challenge: the code it binds.
+async fn bound_code(proxy: &Proxy) -> String {
+    let pkce = Pkce::new();
+    let query = support::authorize_query(CLIENT, REDIRECT, Some("s"), Some(&pkce.challenge));
+    let response = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(proxy.url(&format!("/authorize?{query}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::FOUND);
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    let params = support::query_of(&location);
+    assert_eq!(params["state"], "s", "the client's own state comes back");
+    params["code"].clone()
+}
+
+#[tokio::test]
+async fn each_lenient_reading_redeems_alone_and_is_refused_through_the_proxy() {
+    let lenient = Lenient::default();
+    let addr = lenient.start().await;
+    let proxy = Proxy::start(addr, &[]).await;
+    let mut direct_failures = Vec::new();
+    let mut proxy_failures = Vec::new();
+    for (name, trick) in TRICKS {
+        // Alone: a code issued without any challenge is redeemed by the trick.
+        let code = lenient.mint();
+        let status = send_raw(addr, trick(&code)).await;
+        if status != 200 || !lenient.redeemed(&code) {
+            direct_failures.push(format!("{name}: {status}"));
+        }
+        // Through the proxy: a bound code, the same trick, no verifier.
+        let code = bound_code(&proxy).await;
+        let status = send_raw(proxy.addr, trick(&code)).await;
+        if status != 400 || lenient.redeemed(&code) {
+            proxy_failures.push(format!("{name}: {status}"));
+        }
+    }
+    assert!(
+        direct_failures.is_empty(),
+        "tricks that no longer work against the lenient server: {direct_failures:?}"
+    );
+    assert!(
+        proxy_failures.is_empty(),
+        "tricks that got through the proxy: {proxy_failures:?}"
+    );
+    // The codes stay redeemable with their verifier is shown by the other suites; here, the
+    // proxy decided and logged every one of these requests.
+    let (_, log) = proxy.stop().await;
+    assert!(
+        log.matches("endpoint=\"token\"").count() + log.matches("endpoint=\"lookalike\"").count()
+            >= TRICKS.len(),
+        "one decision logged per token request: {log}"
+    );
+}
