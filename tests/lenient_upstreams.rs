@@ -28,6 +28,8 @@ struct Lenient {
     minted: Arc<std::sync::atomic::AtomicUsize>,
     issued: Arc<Mutex<HashSet<String>>>,
     redeemed: Arc<Mutex<Vec<String>>>,
+    /// The last request to the token endpoint: its target, headers and body.
+    last_token: Arc<Mutex<Option<(String, HeaderMap, Bytes)>>>,
 }
 
 /// Decodes `%uXXXX` (ASP.NET's `UrlDecode`) and `%XX` escapes and `+`, as far as they go.
@@ -88,9 +90,9 @@ impl Lenient {
     async fn start(&self) -> SocketAddr {
         let state = self.clone();
         let router = Router::new().fallback(
-            move |method: Method, uri: Uri, _headers: HeaderMap, body: Bytes| {
+            move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
                 let state = state.clone();
-                async move { state.handle(method, uri, body) }
+                async move { state.handle(method, uri, headers, body) }
             },
         );
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -99,7 +101,7 @@ impl Lenient {
         addr
     }
 
-    fn handle(&self, method: Method, uri: Uri, body: Bytes) -> Response {
+    fn handle(&self, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
         // The whole target decoded before it is split (and Unicode-lowercased, as routers in
         // Python, JavaScript and Java compare paths): `/to%E2%84%AAen` is `/token`.
         let target = decode_all(&uri.to_string());
@@ -112,8 +114,12 @@ impl Lenient {
             let to = format!("{REDIRECT}?code={code}&state={}", support::urlencode(state));
             return (StatusCode::FOUND, [("location", to)]).into_response();
         }
-        if path != "/token" || method != Method::POST {
+        if path != "/token" {
             return StatusCode::NOT_FOUND.into_response();
+        }
+        *self.last_token.lock().unwrap() = Some((uri.to_string(), headers, body.clone()));
+        if method != Method::POST {
+            return StatusCode::NO_CONTENT.into_response();
         }
         // The body as a form, whatever its content type.
         params.extend(lenient_params(&String::from_utf8_lossy(&body)));
@@ -289,4 +295,109 @@ async fn each_lenient_reading_redeems_alone_and_is_refused_through_the_proxy() {
             >= TRICKS.len(),
         "one decision logged per token request: {log}"
     );
+}
+
+/// What reaches the upstream's token endpoint is what the layer read: the token path as
+/// configured, the allowed query parameter, a form encoded afresh, and only the allowed
+/// headers (no cookie, no routing or spoofed forwarding header, nothing unknown).
+#[tokio::test]
+async fn the_upstream_gets_the_token_request_rebuilt() {
+    let lenient = Lenient::default();
+    let addr = lenient.start().await;
+    let proxy = Proxy::start(
+        addr,
+        &[
+            "--token-path",
+            "/token",
+            "--token-query-param",
+            "api-version",
+            "--token-forward-header",
+            "dpop",
+        ],
+    )
+    .await;
+    let pkce = Pkce::new();
+    let query = support::authorize_query(CLIENT, REDIRECT, None, Some(&pkce.challenge));
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let response = http
+        .get(proxy.url(&format!("/authorize?{query}")))
+        .send()
+        .await
+        .unwrap();
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    let code = support::query_of(&location)["code"].clone();
+    let body = format!(
+        "grant_type=authorization_code&code={code}&client_id={CLIENT}&code_verifier={}\
+         &redirect_uri={}&scope=a%20b&extra=%7E",
+        pkce.verifier,
+        support::urlencode(REDIRECT)
+    );
+    let request = format!(
+        "POST //Token/?api-version=2.0 HTTP/1.1\r\nHost: as.example\r\n\
+         Content-Type: application/x-www-form-urlencoded; charset=utf-8\r\n\
+         Cookie: code=stolen\r\nSCRIPT_NAME: /x\r\nX-Real-IP: 6.6.6.6\r\n\
+         X-Custom: kept-out\r\nDPoP: proof\r\nAccept: application/json\r\n\
+         Origin: https://app.example\r\nUser-Agent: test\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    assert_eq!(send_raw(proxy.addr, request).await, 200);
+    assert!(lenient.redeemed(&code));
+    let (target, headers, received) = lenient.last_token.lock().unwrap().take().unwrap();
+    assert_eq!(target, "/token?api-version=2.0");
+    assert_eq!(
+        std::str::from_utf8(&received).unwrap(),
+        format!(
+            "grant_type=authorization_code&code={code}&client_id={CLIENT}&code_verifier={}\
+             &redirect_uri={}&scope=a+b&extra=%7E",
+            pkce.verifier,
+            support::urlencode(REDIRECT)
+        )
+    );
+    let mut names: Vec<&str> = headers.keys().map(|n| n.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "accept",
+            "content-length",
+            "content-type",
+            "dpop",
+            "host",
+            "origin",
+            "user-agent",
+            "x-forwarded-for",
+            "x-forwarded-host",
+            "x-forwarded-proto",
+        ]
+    );
+    assert_eq!(headers["content-type"], "application/x-www-form-urlencoded");
+    assert_eq!(
+        headers["content-length"],
+        received.len().to_string().as_str()
+    );
+
+    // A CORS preflight goes to the token path with no body and the questions it asks.
+    let preflight =
+        "OPTIONS /token HTTP/1.1\r\nHost: as.example\r\nOrigin: https://app.example\r\n\
+                     Access-Control-Request-Method: POST\r\nCookie: a=b\r\n\
+                     Connection: close\r\n\r\n";
+    assert_eq!(send_raw(proxy.addr, preflight.to_owned()).await, 204);
+    let (target, headers, received) = lenient.last_token.lock().unwrap().take().unwrap();
+    assert_eq!(target, "/token");
+    assert!(received.is_empty());
+    assert!(headers.contains_key("access-control-request-method"));
+    assert!(!headers.contains_key("cookie"));
+
+    // A query parameter that is not allowed, a GET: refused, and nothing reaches the upstream.
+    for request in [
+        "POST /token?tenant=x HTTP/1.1\r\nHost: a\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 29\r\nConnection: close\r\n\r\ngrant_type=client_credentials",
+        "GET /token?grant_type=client_credentials HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    ] {
+        assert_eq!(send_raw(proxy.addr, request.to_owned()).await, 400, "{request}");
+    }
+    assert!(lenient.last_token.lock().unwrap().is_none());
 }
