@@ -74,11 +74,9 @@ pub fn authorize(query: &[u8], body: Option<&[u8]>) {
         _ => Cow::Owned(authorize::put_state(query, query_span, HANDLE)),
     };
     let body: Option<Cow<'_, [u8]>> = match (body, body_span) {
-        (Some(body), Some(span)) => Some(Cow::Owned(authorize::put_state(
-            body,
-            Some(span),
-            HANDLE,
-        ))),
+        (Some(body), Some(span)) => {
+            Some(Cow::Owned(authorize::put_state(body, Some(span), HANDLE)))
+        }
         (body, _) => body.map(Cow::Borrowed),
     };
     let again = authorize::parse(&query, body.as_deref())

@@ -272,10 +272,9 @@ fn decoded_whole_agrees<'v>(form: &[u8], ours: impl Fn(&str) -> Option<&'v [u8]>
         let name = name.trim_ascii();
         for (i, known) in DECISION_NAMES.iter().enumerate() {
             if read_alike(name, known.as_bytes()) {
+                // An empty copy counts too (`ours` never is empty): a server taking the last
+                // copy would read the parameter as absent, not as the layer did.
                 let value = value.unwrap_or_default();
-                if value.is_empty() {
-                    continue;
-                }
                 if Some(value) != ours(known) {
                     return false;
                 }
@@ -589,6 +588,15 @@ mod tests {
                 b"grant_type=refresh_token&refresh_token=r;grant_type=authorization_code",
                 Reason::MalformedParameter,
             ),
+            // An empty copy there: a server taking the last copy reads no code.
+            (
+                b"grant_type=authorization_code&code=mine&redirect_uri=https%3A%2F%2Fa%2Fcb%3Fx%3D1%26code%3D",
+                Reason::MalformedParameter,
+            ),
+            (
+                b"grant_type=authorization_code&code=mine&x=1%26code",
+                Reason::MalformedParameter,
+            ),
             (b"code_verifier=%FF", Reason::MalformedParameter),
             (b"client_id=%FF", Reason::MalformedParameter),
             (
@@ -763,6 +771,7 @@ mod tests {
             // A server that decodes the whole query first would read a `code` here.
             ("api-version=1;code=x", Err(Reason::ParametersInQuery)),
             ("api-version=1%26code%3Dx", Err(Reason::ParametersInQuery)),
+            ("api-version=1%26code", Err(Reason::ParametersInQuery)),
             ("code=x", Err(Reason::ParametersInQuery)),
             ("[code]=x", Err(Reason::ParametersInQuery)),
             ("code%00=x", Err(Reason::ParametersInQuery)),

@@ -805,20 +805,16 @@ where
         // Classified as PAR only when a PAR path is set.
         return Ok(respond(error::json(Reason::StoreUnavailable)));
     };
-    match with_path_and_query(std::mem::take(&mut parts.uri), par_path.written().into()) {
-        Some(uri) => parts.uri = uri,
-        None => return Ok(respond(error::json(Reason::MalformedParameter))),
-    }
-    parts.headers =
-        token::forward_headers(&parts.headers, &shared.config.token_forward_headers, false);
-    parts.headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/x-www-form-urlencoded"),
-    );
-    parts
-        .headers
-        .insert(header::CONTENT_LENGTH, HeaderValue::from(pushed.len()));
-    let req = Request::from_parts(parts, PkceBody::full(Bytes::from(pushed)));
+    let rebuilt = token::Rebuilt {
+        path: par_path.written(),
+        query: b"",
+        form: Some(pushed),
+        preflight: false,
+    };
+    let req = match token::rebuild(&shared, parts, rebuilt) {
+        Ok(req) => req,
+        Err(refusal) => return Ok(respond(refusal)),
+    };
     let AuthorizeDecision::Wrapped(handle) = decision else {
         return Ok(finish_response(&shared, inner.call(req).await?, false).await);
     };

@@ -250,13 +250,25 @@ where
     if parts.method == Method::OPTIONS {
         // A CORS preflight: no body, and only the headers that ask the question.
         allow(shared, EP, None, Pass::Preflight, None);
-        return rebuild(shared, parts, Vec::new(), None, true).map(|req| (req, None));
+        let bare = Rebuilt {
+            path: shared.config.token_path.written(),
+            query: b"",
+            form: None,
+            preflight: true,
+        };
+        return rebuild(shared, parts, bare).map(|req| (req, None));
     }
     match Box::pin(check_token(shared, &parts, &bytes)).await {
         Ok(checked) => {
             let client = checked.client.as_deref();
             allow(shared, EP, client, checked.pass, checked.code.as_ref());
-            let req = rebuild(shared, parts, checked.query, Some(checked.form), false)?;
+            let rebuilt = Rebuilt {
+                path: shared.config.token_path.written(),
+                query: &checked.query,
+                form: Some(checked.form),
+                preflight: false,
+            };
+            let req = rebuild(shared, parts, rebuilt)?;
             Ok((req, checked.redemption))
         }
         Err((reason, client, code)) => {
@@ -380,30 +392,45 @@ pub(super) fn forward_headers(
     headers
 }
 
-/// The request to forward: the canonical token path with `query`, `form` as its body (none
-/// for a preflight), and the allowed headers. Its method, version and extensions are the
-/// client's.
-fn rebuild<ReqBody>(
+/// What a rebuilt request carries besides its method, version and extensions (the client's).
+pub(super) struct Rebuilt<'a> {
+    /// The endpoint's path as configured.
+    pub(super) path: &'a str,
+    /// The query string, already encoded; empty for none.
+    pub(super) query: &'a [u8],
+    /// The form body, already encoded; `None` for a bodiless request (a preflight).
+    pub(super) form: Option<Vec<u8>>,
+    /// Whether the CORS preflight headers are kept.
+    pub(super) preflight: bool,
+}
+
+/// The request to forward to an endpoint whose requests the layer reads completely (token,
+/// PAR): its path as configured with the given query, the form as its body with its exact
+/// length, and the allowed headers only.
+pub(super) fn rebuild<ReqBody>(
     shared: &Shared,
     mut parts: Parts,
-    query: Vec<u8>,
-    form: Option<Vec<u8>>,
-    preflight: bool,
+    rebuilt: Rebuilt<'_>,
 ) -> Result<Request<PkceBody<ReqBody>>, Response<Bytes>> {
-    let config = &shared.config;
-    let path = config.token_path.written();
+    let Rebuilt {
+        path,
+        query,
+        form,
+        preflight,
+    } = rebuilt;
     let mut target = Vec::with_capacity(path.len() + 1 + query.len());
     target.extend_from_slice(path.as_bytes());
     if !query.is_empty() {
         target.push(b'?');
-        target.extend_from_slice(&query);
+        target.extend_from_slice(query);
     }
     let Some(uri) = with_path_and_query(std::mem::take(&mut parts.uri), target) else {
-        // The written path is checked when it is set; fail closed all the same.
+        // The written path is made a valid one when it is set; fail closed all the same.
         return Err(error::json(Reason::MalformedParameter));
     };
     parts.uri = uri;
-    parts.headers = forward_headers(&parts.headers, &config.token_forward_headers, preflight);
+    let extra = &shared.config.token_forward_headers;
+    parts.headers = forward_headers(&parts.headers, extra, preflight);
     let body = match form {
         Some(form) => {
             parts.headers.insert(

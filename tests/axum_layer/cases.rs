@@ -883,6 +883,20 @@ async fn pushed_requests_are_checked_and_cannot_be_overridden() {
             "application/json"
         );
     }
+    // Pushed bodies are read completely, as token requests are: a name in another spelling
+    // (qs's `[state]`, PHP's `client.id`, another case) or a GET is refused.
+    for (body, expected) in [
+        ("[state]=x", Reason::MalformedParameter),
+        ("client.id=x", Reason::MalformedParameter),
+        ("Scope=x", Reason::DuplicateParameter),
+    ] {
+        let fields = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(pushed_fields(&pkce.challenge, "s"))
+            .finish();
+        let response = app.send(form_post("/par", &format!("{fields}&{body}"))).await;
+        assert_refused(&response, expected);
+    }
+    assert_refused(&app.send(get("/par")).await, Reason::PostOnly);
     assert!(legacy.pushed.lock().unwrap().is_empty());
 
     let pushed = push(&app, &pushed_fields(&pkce.challenge, "s")).await;
