@@ -213,7 +213,7 @@ pub(crate) struct TokenParams<'a> {
 /// [`TokenParams::forward`], encoded afresh from what was read: an upstream cannot read
 /// anything the layer did not.
 pub(crate) fn parse_form(body: &[u8]) -> Result<TokenParams<'_>, Reason> {
-    let (mut list, names) = read_checked(body)?;
+    let mut list = read_checked(body)?;
     // Names are now spelled exactly: the lookups by normalized name find the one parameter.
     let grant = params::value(&list, "grant_type").ok_or(Reason::MissingGrantType)?;
     if !grant.iter().all(|b| (0x21..=0x7e).contains(b)) {
@@ -229,7 +229,7 @@ pub(crate) fn parse_form(body: &[u8]) -> Result<TokenParams<'_>, Reason> {
     if !vschar("code") || !vschar("client_id") {
         return Err(Reason::MalformedParameter);
     }
-    let forward = encode(&list, &names, body.len(), |param| {
+    let forward = encode(body, &list, |param| {
         (authorization_code && param.is("grant_type")).then_some(&b"authorization_code"[..])
     });
     let ours = |name: &str| match name {
@@ -262,6 +262,15 @@ const DECISION_NAMES: [&str; 4] = ["grant_type", "code", "code_verifier", "clien
 /// reads the same decision parameters as `ours` (absent ones absent): an encoded `%26code%3D`
 /// inside another value would be a `code` to it.
 fn decoded_whole_agrees<'v>(form: &[u8], ours: impl Fn(&str) -> Option<&'v [u8]>) -> bool {
+    // Only an escaped `&`, `;` or `=` can split the decoded form elsewhere than the layer
+    // did (names are sent plain): without one (most forms), both readings are the same.
+    let splits_elsewhere = form.windows(3).any(|w| {
+        w.first() == Some(&b'%')
+            && matches!(w.get(1..), Some(b"26" | b"3B" | b"3b" | b"3D" | b"3d"))
+    });
+    if !splits_elsewhere {
+        return true;
+    }
     let decoded = params::decode(form);
     let mut found = [0usize; DECISION_NAMES.len()];
     for pair in decoded.split(|&b| b == b'&' || b == b';') {
@@ -290,27 +299,30 @@ fn decoded_whole_agrees<'v>(form: &[u8], ours: impl Fn(&str) -> Option<&'v [u8]>
 /// A form's parameters and their names as sent (decoded), checked as [`parse_form`] checks
 /// them: RFC 6749 names, none reading alike to another, OAuth names spelled exactly, values
 /// in UTF-8.
-fn read_checked(body: &[u8]) -> Result<(Vec<Param<'_>>, Vec<Cow<'_, [u8]>>), Reason> {
+fn read_checked(body: &[u8]) -> Result<Vec<Param<'_>>, Reason> {
     let list: Vec<Param<'_>> = params::parse(body);
     if list.len() > MAX_PARAMS {
         return Err(Reason::TooManyParameters);
     }
-    let names: Vec<Cow<'_, [u8]>> = list.iter().map(|p| params::raw_name(body, p)).collect();
-    for name in &names {
+    // Names as sent are borrowed from the body unless they hold escapes (rare): read again
+    // where needed rather than kept in a list of their own (one allocation less per request).
+    for param in &list {
+        let name = params::raw_name(body, param);
         let misspelt = || {
             OAUTH_NAMES
                 .iter()
-                .any(|known| read_alike(name, known.as_bytes()) && **name != *known.as_bytes())
+                .any(|known| read_alike(&name, known.as_bytes()) && *name != *known.as_bytes())
         };
-        if !is_rfc_name(name) || misspelt() {
+        if !is_rfc_name(&name) || misspelt() {
             return Err(Reason::MalformedParameter);
         }
     }
-    for (i, name) in names.iter().enumerate() {
-        if names
+    for (i, param) in list.iter().enumerate() {
+        let first = params::raw_name(body, param);
+        if list
             .iter()
             .skip(i + 1)
-            .any(|other| read_alike(name, other))
+            .any(|other| read_alike(&first, &params::raw_name(body, other)))
         {
             return Err(Reason::DuplicateParameter);
         }
@@ -318,24 +330,24 @@ fn read_checked(body: &[u8]) -> Result<(Vec<Param<'_>>, Vec<Cow<'_, [u8]>>), Rea
     if list.iter().any(|p| std::str::from_utf8(&p.value).is_err()) {
         return Err(Reason::MalformedParameter);
     }
-    Ok((list, names))
+    Ok(list)
 }
 
-/// A form of every parameter with a value, in order, encoded afresh; `replace` may give a
-/// parameter another value.
+/// A form of every parameter of `body` with a value, in order, encoded afresh; `replace` may
+/// give a parameter another value.
 fn encode<'p>(
+    body: &[u8],
     list: &'p [Param<'_>],
-    names: &[Cow<'_, [u8]>],
-    capacity: usize,
     replace: impl Fn(&Param<'_>) -> Option<&'p [u8]>,
 ) -> Vec<u8> {
-    let mut form = Vec::with_capacity(capacity + 8);
-    for (name, param) in names.iter().zip(list) {
+    let mut form = Vec::with_capacity(body.len() + 8);
+    for param in list {
         if param.value.is_empty() {
             // Empty is absent (RFC 6749 §3.1).
             continue;
         }
-        append_pair(&mut form, name, replace(param).unwrap_or(&param.value));
+        let value = replace(param).unwrap_or(&param.value);
+        append_pair(&mut form, &params::raw_name(body, param), value);
     }
     form
 }
@@ -343,8 +355,8 @@ fn encode<'p>(
 /// A form body (a pushed authorization request's) checked like a token request's names and
 /// values ([`read_checked`]) and encoded afresh: what is forwarded is what was read.
 pub(crate) fn canonical_form(body: &[u8]) -> Result<Vec<u8>, Reason> {
-    let (list, names) = read_checked(body)?;
-    Ok(encode(&list, &names, body.len(), |_| None))
+    let list = read_checked(body)?;
+    Ok(encode(body, &list, |_| None))
 }
 
 /// The client named by an HTTP Basic user. RFC 6749 §2.3.1 form-encodes the client id

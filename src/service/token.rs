@@ -376,20 +376,23 @@ static PREFLIGHT_HEADERS: [HeaderName; 2] = [
     header::ACCESS_CONTROL_REQUEST_HEADERS,
 ];
 
-/// The headers to forward: the allowed ones of `from`, the operator's `extra` included.
-pub(super) fn forward_headers(
-    from: &HeaderMap,
+/// Leaves only the headers to forward: [`TOKEN_HEADERS`], the operator's `extra`, and for a
+/// preflight [`PREFLIGHT_HEADERS`].
+pub(super) fn keep_forwarded_headers(
+    headers: &mut HeaderMap,
     extra: &[HeaderName],
     preflight: bool,
-) -> HeaderMap {
-    let preflight: &[HeaderName] = if preflight { &PREFLIGHT_HEADERS } else { &[] };
-    let mut headers = HeaderMap::with_capacity(TOKEN_HEADERS.len() + 2);
-    for name in TOKEN_HEADERS.iter().chain(extra).chain(preflight) {
-        for value in from.get_all(name) {
-            headers.append(name.clone(), value.clone());
-        }
+) {
+    let allowed = |name: &HeaderName| {
+        TOKEN_HEADERS.contains(name)
+            || extra.contains(name)
+            || (preflight && PREFLIGHT_HEADERS.contains(name))
+    };
+    // In place, one name at a time: a new map of this size allocated more than glibc's
+    // per-thread cache holds, a malloc_consolidate per flow (benches/flow_instructions.sh).
+    while let Some(name) = headers.keys().find(|n| !allowed(n)).cloned() {
+        headers.remove(&name);
     }
-    headers
 }
 
 /// What a rebuilt request carries besides its method, version and extensions (the client's).
@@ -418,19 +421,27 @@ pub(super) fn rebuild<ReqBody>(
         form,
         preflight,
     } = rebuilt;
-    let mut target = Vec::with_capacity(path.len() + 1 + query.len());
-    target.extend_from_slice(path.as_bytes());
-    if !query.is_empty() {
-        target.push(b'?');
-        target.extend_from_slice(query);
+    // A request already on the canonical target (most) keeps its URI: no new one to allocate.
+    let same =
+        parts.uri.path() == path && parts.uri.query().unwrap_or_default().as_bytes() == query;
+    if !same {
+        let mut target = Vec::with_capacity(path.len() + 1 + query.len());
+        target.extend_from_slice(path.as_bytes());
+        if !query.is_empty() {
+            target.push(b'?');
+            target.extend_from_slice(query);
+        }
+        let Some(uri) = with_path_and_query(std::mem::take(&mut parts.uri), target) else {
+            // The written path is made a valid one when it is set; fail closed all the same.
+            return Err(error::json(Reason::MalformedParameter));
+        };
+        parts.uri = uri;
     }
-    let Some(uri) = with_path_and_query(std::mem::take(&mut parts.uri), target) else {
-        // The written path is made a valid one when it is set; fail closed all the same.
-        return Err(error::json(Reason::MalformedParameter));
-    };
-    parts.uri = uri;
-    let extra = &shared.config.token_forward_headers;
-    parts.headers = forward_headers(&parts.headers, extra, preflight);
+    keep_forwarded_headers(
+        &mut parts.headers,
+        &shared.config.token_forward_headers,
+        preflight,
+    );
     let body = match form {
         Some(form) => {
             parts.headers.insert(
@@ -612,13 +623,15 @@ mod tests {
             names.sort_unstable();
             names
         }
-        let plain = forward_headers(&from, &[], false);
+        let mut plain = from.clone();
+        keep_forwarded_headers(&mut plain, &[], false);
         assert_eq!(
             names(&plain),
             ["authorization", "host", "origin", "x-forwarded-for"]
         );
         let extra = [HeaderName::from_static("dpop")];
-        let with_extra = forward_headers(&from, &extra, true);
+        let mut with_extra = from.clone();
+        keep_forwarded_headers(&mut with_extra, &extra, true);
         assert_eq!(
             names(&with_extra),
             [
