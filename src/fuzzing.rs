@@ -232,8 +232,8 @@ fn any_case(form: &[u8]) -> Vec<(String, Vec<u8>)> {
     renamed(form, |name| fold_case(&lossy(name)))
 }
 
-/// (e) `;` separates pairs as `&` does (HTML 4's recommendation; older Rack, Python's `cgi`
-/// before 3.9.2).
+/// (e) `;` separates pairs as `&` does (HTML 4's recommendation; older Rack, Python's
+/// `parse_qs` before 3.9.2).
 fn semicolons(form: &[u8]) -> Vec<(String, Vec<u8>)> {
     pairs(form, |b| b == b'&' || b == b';')
         .into_iter()
@@ -241,8 +241,9 @@ fn semicolons(form: &[u8]) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
-/// (f) The whole form decoded before it is split (`parse_str(urldecode($body))`, hand-written
-/// parsers): an escaped `&` or `=` inside a value separates there. Nothing is decoded twice.
+/// (f) The whole form decoded before it is split (`explode('&', urldecode($body))` and other
+/// hand-written parsers): an escaped `&` or `=` inside a value separates there. Nothing is
+/// decoded twice, and names are compared as they are.
 fn decoded_whole(form: &[u8]) -> Vec<(String, Vec<u8>)> {
     let decoded = form_decode(form);
     pairs(&decoded, |b| b == b'&')
@@ -254,10 +255,12 @@ fn decoded_whole(form: &[u8]) -> Vec<(String, Vec<u8>)> {
 /// ASP.NET's decoding: `%uXXXX` is a UTF-16 unit (a lone surrogate reads as U+FFFD), `%XX` a
 /// byte, `+` a space, in one pass.
 fn aspnet_decode(raw: &[u8]) -> Vec<u8> {
+    // Hex digits only: `from_str_radix` alone would take a sign.
     let hex = |digits: &[u8]| -> Option<u32> {
-        let text = std::str::from_utf8(digits).ok()?;
-        let all_hex = text.bytes().all(|b| b.is_ascii_hexdigit());
-        all_hex.then(|| u32::from_str_radix(text, 16).ok())?
+        if !digits.iter().all(u8::is_ascii_hexdigit) {
+            return None;
+        }
+        u32::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
     };
     let mut out = Vec::with_capacity(raw.len());
     let mut i = 0;
@@ -274,7 +277,7 @@ fn aspnet_decode(raw: &[u8]) -> Vec<u8> {
             }
             b'%' => {
                 if let Some(byte) = raw.get(i + 1..i + 3).and_then(hex) {
-                    out.push(byte as u8);
+                    out.push(u8::try_from(byte).unwrap_or(b'?'));
                     i += 3;
                     continue;
                 }
@@ -312,14 +315,22 @@ fn key(reading: Reading, name: &str) -> String {
     read.into_iter().next().map(|(n, _)| n).unwrap_or_default()
 }
 
-/// Asserts that `reading` finds in `form` each decision parameter as `ours` has it (absent
-/// where `None`), whether the server takes the first copy of a name or the last (an empty
-/// value is absent, RFC 6749 §3.1), and no other copy of it.
-fn reads_as<'v>(
+/// Asserts that `reading` finds in `form` each decision parameter as `ours` has it
+/// ([`misread`]).
+fn reads_as<'v>(reading: (&str, Reading), form: &[u8], ours: impl Fn(&str) -> Option<&'v [u8]>) {
+    if let Some(failure) = misread(reading, form, ours) {
+        panic!("{failure} in {:?}", lossy(form));
+    }
+}
+
+/// How `reading` finds in `form` a decision parameter otherwise than as `ours` has it (absent
+/// where `None`): whether the server takes the first copy of a name or the last (an empty
+/// value is absent, RFC 6749 §3.1), it must read the same value, and no other copy of it.
+fn misread<'v>(
     (label, reading): (&str, Reading),
     form: &[u8],
     ours: impl Fn(&str) -> Option<&'v [u8]>,
-) {
+) -> Option<String> {
     let read = reading(form);
     for name in DECISION {
         let key = key(reading, name);
@@ -328,22 +339,22 @@ fn reads_as<'v>(
             .filter(|(n, _)| *n == key)
             .map(|(_, v)| v.as_slice())
             .collect();
+        let ours = ours(name);
         for (pick, copy) in [("first", copies.first()), ("last", copies.last())] {
             let upstream = copy.copied().filter(|v| !v.is_empty());
-            assert_eq!(
-                upstream.map(lossy),
-                ours(name).map(lossy),
-                "{label}, taking the {pick} copy, reads another {name} in {:?}",
-                lossy(form)
-            );
+            if upstream != ours {
+                return Some(format!(
+                    "{label}, taking the {pick} copy, reads {name} as {:?}, not {:?}",
+                    upstream.map(lossy),
+                    ours.map(lossy)
+                ));
+            }
         }
-        assert!(
-            copies.len() <= 1,
-            "{label} reads {} copies of {name} in {:?}",
-            copies.len(),
-            lossy(form)
-        );
+        if copies.len() > 1 {
+            return Some(format!("{label} reads {} copies of {name}", copies.len()));
+        }
     }
+    None
 }
 
 /// Whether some server would take `grant` for the authorization code grant: compared without
@@ -649,26 +660,140 @@ pub fn path(raw: &[u8]) {
 mod tests {
     use super::*;
 
-    /// The reading a row of [`READINGS`] names.
-    fn reading(label: &str) -> Reading {
-        READINGS
+    /// The reading whose row in [`READINGS`] starts with `label`.
+    fn reading(label: &str) -> (&'static str, Reading) {
+        *READINGS
             .iter()
             .find(|(l, _)| l.starts_with(label))
-            .map(|&(_, r)| r)
             .unwrap_or_else(|| panic!("no reading {label}"))
     }
 
+    /// Whether the model would report `form`, forwarded, as a crash.
+    fn flagged<'v>(
+        reading: (&str, Reading),
+        form: &[u8],
+        ours: impl Fn(&str) -> Option<&'v [u8]>,
+    ) -> bool {
+        misread(reading, form, ours).is_some()
+    }
+
+    /// Each reading finds a decision parameter where its servers do and the strict reading
+    /// does not, so no row of the table is idle.
     #[test]
-    fn scratch() {
-        for body in [
-            &b"grant_type=authorization_code&code=abc&x=%26code%3D"[..],
-            b"grant_type=authorization_code&code=abc&x=%26code",
-            b"api-version=1%26code",
-            b"grant_type=refresh_token&refresh_token=r%26grant%5Btype%3Dauthorization_code%26code%00%3Dvictim",
-        ] {
-            let r = std::panic::catch_unwind(|| token_form(body));
-            eprintln!("{:?} -> {}", lossy(body), if r.is_ok() { "ok" } else { "CRASH" });
+    fn every_reading_reads_its_own_spellings() {
+        let cases: &[(&str, &str, &str, &str)] = &[
+            ("RFC", "code=c%2Bd", "code", "c+d"),
+            ("qs", "[code]=v", "code", "v"),
+            ("qs", "code[]=v", "code", "v"),
+            ("qs", "code[0]=v", "code", "v"),
+            ("qs", "%5Bcode%5D=v", "code", "v"),
+            ("PHP", "+code=v", "code", "v"),
+            ("PHP", "code%00x=v", "code", "v"),
+            ("PHP", "client.id=v", "client_id", "v"),
+            ("PHP", "client+id=v", "client_id", "v"),
+            ("PHP", "client[id=v", "client_id", "v"),
+            ("PHP", "code[x]=v", "code", "v"),
+            ("names", "CODE=v", "code", "v"),
+            ("names", "cl%C4%B1ent_id=v", "client_id", "v"),
+            ("names", "code_ver%C4%B1f%C4%B1er=v", "code_verifier", "v"),
+            ("`;`", "x=1;code=v", "code", "v"),
+            ("the whole", "x=1%26code%3Dv", "code", "v"),
+            ("the whole", "x=%26code%3Dc%2Bd+e", "code", "c+d e"),
+            ("ASP.NET", "%u0063ode=v", "code", "v"),
+            ("ASP.NET", "Code=%u0076", "code", "v"),
+            ("binders", "codeVerifier=v", "code_verifier", "v"),
+            ("binders", "Client-Id=v", "client_id", "v"),
+            ("binders", "grant.type=v", "grant_type", "v"),
+        ];
+        for &(label, form, name, value) in cases {
+            let row = reading(label);
+            let read = (row.1)(form.as_bytes());
+            let key = key(row.1, name);
+            assert!(
+                read.iter().any(|(n, v)| *n == key && v == value.as_bytes()),
+                "{label} reads no {name}={value} in {form}: {read:?}"
+            );
+            if label != "RFC" {
+                assert!(
+                    strict(form.as_bytes()).iter().all(|(n, _)| n != name),
+                    "{form} is not a trick"
+                );
+            }
+            assert!(flagged(row, form.as_bytes(), |_| None), "{label}: {form}");
         }
-        let _ = reading("RFC");
+    }
+
+    /// The properties the model checks: a copy the layer did not read, another value, a
+    /// second copy (even an empty one), and for the first or the last copy alike.
+    #[test]
+    fn a_reading_must_find_exactly_what_the_layer_read() {
+        let strict = reading("RFC");
+        let ours = |name: &str| (name == "code").then_some(&b"mine"[..]);
+        assert!(!flagged(strict, b"code=mine&scope=x", ours));
+        assert!(!flagged(strict, b"code=mine&code_verifier=", ours));
+        for form in [
+            &b"scope=x"[..],
+            b"code=other",
+            b"code=mine&client_id=app",
+            b"code=mine&code=other",
+            b"code=other&code=mine",
+            b"code=mine&code=mine",
+            b"code=mine&code=",
+            b"code=&code=mine",
+        ] {
+            assert!(flagged(strict, form, ours), "{}", lossy(form));
+        }
+    }
+
+    /// What the model reads is the body forwarded, not the one sent: the grant is forwarded
+    /// spelled `authorization_code`, where a server comparing it as sent would read another.
+    #[test]
+    fn the_model_reads_the_forwarded_body_not_the_one_sent() {
+        let body = b"grant_type=Authorization_Code&code=c";
+        let parsed = token::parse_form(body).unwrap();
+        check_accepted(body, &parsed);
+        let ours = |name: &str| match name {
+            "grant_type" => Some(&b"authorization_code"[..]),
+            "code" => Some(&b"c"[..]),
+            _ => None,
+        };
+        assert!(flagged(reading("RFC"), body, ours));
+        assert!(!flagged(reading("RFC"), &parsed.forward, ours));
+    }
+
+    #[test]
+    fn accepted_requests_hold_to_the_model() {
+        for body in [
+            &b"grant_type=authorization_code&code=a%2Bb+c&code_verifier=v&client_id=app"[..],
+            b"grant_type=Authorization_Code&code=x&redirect_uri=https%3A%2F%2Fa%2Fcb%3Fx%3D1%26y%3D2",
+            b"grant_type=refresh_token&refresh_token=r;x=y&scope=a+b",
+            b"grant_type=client_credentials&x.y-z=%25u0063ode&note=%2526code%253Dv",
+        ] {
+            let parsed = token::parse_form(body).unwrap();
+            check_accepted(body, &parsed);
+        }
+        token_form(b"api-version=1%3Bx%3D1&tenant=a+b");
+        token_json(br#"{"grant_type":"authorization_code","code":"a&b","client_id":"c;d"}"#);
+    }
+
+    /// An identical `state` in the query and the body: the handle replaces both.
+    #[test]
+    fn identical_state_copies_are_both_replaced() {
+        authorize(b"state=s&client_id=app", Some(b"STATE[]=%73&x=1"));
+        authorize(b"client_id=app", Some(b"state=s"));
+        authorize(b"client_id=app", Some(b"x=1"));
+    }
+
+    /// A Basic user against bodies the layer accepts.
+    #[test]
+    fn basic_users() {
+        use base64::Engine as _;
+        let encode = |user: &str| {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(user);
+            format!("Basic {b64}").into_bytes()
+        };
+        basic(&encode("app:secret"));
+        basic(&encode("svc+prod%2Fx:s"));
+        basic(b"Bearer x");
     }
 }

@@ -5,6 +5,7 @@
 //! trick: against the server alone it redeems a code (so the differential is real), and
 //! through pkce-proxy a code bound to a challenge is refused and never reaches the server.
 //! The real stacks (Express, PHP, gunicorn, Django OAuth Toolkit) are in `tests/interop/`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod support;
 

@@ -811,9 +811,8 @@ where
         form: Some(pushed),
         preflight: false,
     };
-    let req = match token::rebuild(&shared, parts, rebuilt) {
-        Ok(req) => req,
-        Err(refusal) => return Ok(respond(refusal)),
+    let Some(req) = token::rebuild(&shared, parts, rebuilt) else {
+        return Ok(respond(error::json(Reason::MalformedParameter)));
     };
     let AuthorizeDecision::Wrapped(handle) = decision else {
         return Ok(finish_response(&shared, inner.call(req).await?, false).await);

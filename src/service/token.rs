@@ -256,7 +256,9 @@ where
             form: None,
             preflight: true,
         };
-        return rebuild(shared, parts, bare).map(|req| (req, None));
+        return rebuild(shared, parts, bare)
+            .map(|req| (req, None))
+            .ok_or_else(|| error::json(Reason::MalformedParameter));
     }
     match Box::pin(check_token(shared, &parts, &bytes)).await {
         Ok(checked) => {
@@ -268,7 +270,8 @@ where
                 form: Some(checked.form),
                 preflight: false,
             };
-            let req = rebuild(shared, parts, rebuilt)?;
+            let req = rebuild(shared, parts, rebuilt)
+                .ok_or_else(|| error::json(Reason::MalformedParameter))?;
             Ok((req, checked.redemption))
         }
         Err((reason, client, code)) => {
@@ -409,12 +412,13 @@ pub(super) struct Rebuilt<'a> {
 
 /// The request to forward to an endpoint whose requests the layer reads completely (token,
 /// PAR): its path as configured with the given query, the form as its body with its exact
-/// length, and the allowed headers only.
+/// length, and the allowed headers only. `None` only for a target that is no valid URI, which
+/// the written paths are made not to be: callers fail closed all the same.
 pub(super) fn rebuild<ReqBody>(
     shared: &Shared,
     mut parts: Parts,
     rebuilt: Rebuilt<'_>,
-) -> Result<Request<PkceBody<ReqBody>>, Response<Bytes>> {
+) -> Option<Request<PkceBody<ReqBody>>> {
     let Rebuilt {
         path,
         query,
@@ -431,11 +435,7 @@ pub(super) fn rebuild<ReqBody>(
             target.push(b'?');
             target.extend_from_slice(query);
         }
-        let Some(uri) = with_path_and_query(std::mem::take(&mut parts.uri), target) else {
-            // The written path is made a valid one when it is set; fail closed all the same.
-            return Err(error::json(Reason::MalformedParameter));
-        };
-        parts.uri = uri;
+        parts.uri = with_path_and_query(std::mem::take(&mut parts.uri), target)?;
     }
     keep_forwarded_headers(
         &mut parts.headers,
@@ -455,7 +455,7 @@ pub(super) fn rebuild<ReqBody>(
         }
         None => Bytes::new(),
     };
-    Ok(Request::from_parts(parts, PkceBody::full(body)))
+    Some(Request::from_parts(parts, PkceBody::full(body)))
 }
 
 #[cfg(test)]
