@@ -145,7 +145,33 @@ pub const READINGS: &[(&str, Reading)] = &[
     ("the whole form decoded before splitting", decoded_whole),
     ("ASP.NET (`%uXXXX`, names in any case)", aspnet),
     ("binders ignoring `-`, `_`, `.` and case", binder),
+    ("decoded to a fixed point, then qs and Rack names", |form| {
+        decoded_fully_then(form, qs_name)
+    }),
+    ("decoded to a fixed point, then PHP names", |form| {
+        decoded_fully_then(form, php_name)
+    }),
+    ("decoded to a fixed point, then names in any case", |form| {
+        decoded_fully_then(form, |name| fold_case(&lossy(name)))
+    }),
 ];
+
+/// (i) A server that decodes the whole form until nothing changes (`+` once, `%XX` and
+/// `%uXXXX` every time) and then splits it at `&` and `;`, reading each name with `name`.
+fn decoded_fully_then(form: &[u8], name: fn(&[u8]) -> String) -> Vec<(String, Vec<u8>)> {
+    let mut text = form_decode(form);
+    for _ in 0..8 {
+        let next = decode_escapes(&text, false);
+        if next == text {
+            break;
+        }
+        text = next;
+    }
+    pairs(&text, |b| b == b'&' || b == b';')
+        .into_iter()
+        .map(|(n, v)| (name(n), v.to_vec()))
+        .collect()
+}
 
 /// Splits a form at every byte `separates` holds, skipping empty pairs, into raw names and
 /// values (a pair without `=` has an empty value).
@@ -189,36 +215,40 @@ fn strict(form: &[u8]) -> Vec<(String, Vec<u8>)> {
 /// (b) qs and Rack read a name up to its first bracket, after any leading brackets:
 /// `[code]`, `code[]`, `code[0]` and `%5Bcode%5D` are all `code`.
 fn qs_rack(form: &[u8]) -> Vec<(String, Vec<u8>)> {
-    renamed(form, |name| {
-        let name = lossy(name);
-        let bare = name.trim_start_matches(['[', ']']);
-        bare.split(['[', ']']).next().unwrap_or_default().to_owned()
-    })
+    renamed(form, qs_name)
+}
+
+fn qs_name(name: &[u8]) -> String {
+    let name = lossy(name);
+    let bare = name.trim_start_matches(['[', ']']);
+    bare.split(['[', ']']).next().unwrap_or_default().to_owned()
 }
 
 /// (c) PHP (`php_register_variable_ex`): the name ends at a NUL, leading spaces are dropped,
 /// a space or `.` is `_`, a `[` with a `]` after it ends the name (an array), and an
 /// unclosed `[` is `_` too, with the rest of the name kept as sent.
 fn php(form: &[u8]) -> Vec<(String, Vec<u8>)> {
-    renamed(form, |name| {
-        let name = name.split(|&b| b == 0).next().unwrap_or_default();
-        let start = name.iter().position(|&b| b != b' ').unwrap_or(name.len());
-        let name = &name[start..];
-        let mut read = Vec::with_capacity(name.len());
-        for (i, &b) in name.iter().enumerate() {
-            match b {
-                b' ' | b'.' => read.push(b'_'),
-                b'[' if name[i..].contains(&b']') => break,
-                b'[' => {
-                    read.push(b'_');
-                    read.extend_from_slice(&name[i + 1..]);
-                    break;
-                }
-                _ => read.push(b),
+    renamed(form, php_name)
+}
+
+fn php_name(name: &[u8]) -> String {
+    let name = name.split(|&b| b == 0).next().unwrap_or_default();
+    let start = name.iter().position(|&b| b != b' ').unwrap_or(name.len());
+    let name = &name[start..];
+    let mut read = Vec::with_capacity(name.len());
+    for (i, &b) in name.iter().enumerate() {
+        match b {
+            b' ' | b'.' => read.push(b'_'),
+            b'[' if name[i..].contains(&b']') => break,
+            b'[' => {
+                read.push(b'_');
+                read.extend_from_slice(&name[i + 1..]);
+                break;
             }
+            _ => read.push(b),
         }
-        lossy(&read)
-    })
+    }
+    lossy(&read)
 }
 
 /// A name compared without regard to case, by Unicode rules: uppercasing first maps `ı` to
@@ -255,6 +285,11 @@ fn decoded_whole(form: &[u8]) -> Vec<(String, Vec<u8>)> {
 /// ASP.NET's decoding: `%uXXXX` is a UTF-16 unit (a lone surrogate reads as U+FFFD), `%XX` a
 /// byte, `+` a space, in one pass.
 fn aspnet_decode(raw: &[u8]) -> Vec<u8> {
+    decode_escapes(raw, true)
+}
+
+/// `%uXXXX` and `%XX` escapes decoded in one pass, and `+` as a space if `plus_is_space`.
+fn decode_escapes(raw: &[u8], plus_is_space: bool) -> Vec<u8> {
     // Hex digits only: `from_str_radix` alone would take a sign.
     let hex = |digits: &[u8]| -> Option<u32> {
         if !digits.iter().all(u8::is_ascii_hexdigit) {
@@ -283,7 +318,7 @@ fn aspnet_decode(raw: &[u8]) -> Vec<u8> {
                 }
                 out.push(b'%');
             }
-            b'+' => out.push(b' '),
+            b'+' if plus_is_space => out.push(b' '),
             b => out.push(b),
         }
         i += 1;
@@ -704,6 +739,42 @@ mod tests {
             ("binders", "codeVerifier=v", "code_verifier", "v"),
             ("binders", "Client-Id=v", "client_id", "v"),
             ("binders", "grant.type=v", "grant_type", "v"),
+            (
+                "decoded to a fixed point, then qs",
+                "x=1%2526%255Bcode%255D%253Dv",
+                "code",
+                "v",
+            ),
+            (
+                "decoded to a fixed point, then qs",
+                "x=%26code%5B%5D%3Dv",
+                "code",
+                "v",
+            ),
+            (
+                "decoded to a fixed point, then PHP",
+                "x=%26grant%5Btype%3Dv",
+                "grant_type",
+                "v",
+            ),
+            (
+                "decoded to a fixed point, then PHP",
+                "x=%26code%2500%3Dv",
+                "code",
+                "v",
+            ),
+            (
+                "decoded to a fixed point, then names",
+                "x=%26%25u0063ODE%3Dv",
+                "code",
+                "v",
+            ),
+            (
+                "decoded to a fixed point, then names",
+                "x=%26cl%C4%B1ent_id%3Dv",
+                "client_id",
+                "v",
+            ),
         ];
         for &(label, form, name, value) in cases {
             let row = reading(label);
@@ -767,10 +838,17 @@ mod tests {
             &b"grant_type=authorization_code&code=a%2Bb+c&code_verifier=v&client_id=app"[..],
             b"grant_type=Authorization_Code&code=x&redirect_uri=https%3A%2F%2Fa%2Fcb%3Fx%3D1%26y%3D2",
             b"grant_type=refresh_token&refresh_token=r;x=y&scope=a+b",
-            b"grant_type=client_credentials&x.y-z=%25u0063ode&note=%2526code%253Dv",
+            b"grant_type=client_credentials&x.y-z=100%25&note=a%2Bb",
         ] {
             let parsed = token::parse_form(body).unwrap();
             check_accepted(body, &parsed);
+        }
+        // What a server decoding twice reads as a code: refused, not forwarded.
+        for body in [
+            &b"grant_type=client_credentials&x.y-z=%25u0063ode&note=%2526code%253Dv"[..],
+            b"grant_type=client_credentials&x=%2526%25u0063ode%253Dv",
+        ] {
+            assert!(token::parse_form(body).is_err(), "{}", lossy(body));
         }
         token_form(b"api-version=1%3Bx%3D1&tenant=a+b");
         token_json(br#"{"grant_type":"authorization_code","code":"a&b","client_id":"c;d"}"#);

@@ -114,6 +114,12 @@ mod fuzz_model {
         "%26codeVerifier%3Dv",
         "%26grant_type%3Dauthorization_code",
         "%2526code%253Dvictim",
+        "%2526%255Bcode%255D%253Dvictim",
+        "%2526grant%255Btype%253Dauthorization_code",
+        "%2526%2525u0063ode%253Dvictim",
+        "%252526code%25253Dvictim",
+        "%26code%2500%3D",
+        "100%25",
         "%u0063",
         "https%3A%2F%2Fa%2Fcb%3Fx%3D1%26y%3D2",
     ];
@@ -172,7 +178,15 @@ mod fuzz_model {
     fn the_model_has_every_reading() {
         let labels: Vec<&str> = fuzzing::READINGS.iter().map(|(l, _)| *l).collect();
         for wanted in [
-            "RFC 6749", "qs", "PHP", "any case", "`;`", "decoded", "%uXXXX", "binders",
+            "RFC 6749",
+            "qs",
+            "PHP",
+            "any case",
+            "`;`",
+            "decoded",
+            "%uXXXX",
+            "binders",
+            "fixed point",
         ] {
             assert!(
                 labels.iter().any(|l| l.contains(wanted)),

@@ -103,7 +103,7 @@ pub(crate) fn normalize(path: &str) -> String {
 
 /// Decodes `%uXXXX` escapes (IIS and ASP.NET read `/%u0074oken` as `/token`); an escape that
 /// is not four hex digits of a scalar value is kept as it is.
-fn decode_percent_u(path: &str) -> Cow<'_, str> {
+pub(crate) fn decode_percent_u(path: &str) -> Cow<'_, str> {
     if !path.contains("%u") && !path.contains("%U") {
         return Cow::Borrowed(path);
     }
@@ -136,7 +136,7 @@ fn decode_percent_u(path: &str) -> Cow<'_, str> {
 /// each character under Unicode compatibility normalization (NFKC: full-width `ｔ` is `t`)
 /// and case mapping (the Kelvin sign `K` lowercases to `k`, `ſ` uppercases to `S`), with
 /// combining marks left out (`İ` lowercases to `i` and a dot above).
-fn ascii_reading(path: &str) -> String {
+pub(crate) fn ascii_reading(path: &str) -> String {
     use unicode_normalization::char::is_combining_mark;
     use unicode_normalization::UnicodeNormalization as _;
     let mut out = String::with_capacity(path.len());

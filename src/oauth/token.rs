@@ -258,33 +258,85 @@ pub(crate) fn parse_form(body: &[u8]) -> Result<TokenParams<'_>, Reason> {
 /// The parameters the token decision reads.
 const DECISION_NAMES: [&str; 4] = ["grant_type", "code", "code_verifier", "client_id"];
 
-/// Whether a server that percent-decodes a whole form before splitting it (on `&` and `;`)
-/// reads the same decision parameters as `ours` (absent ones absent): an encoded `%26code%3D`
-/// inside another value would be a `code` to it.
+/// Decoding rounds after which a form that still changes is taken as a trick: no client
+/// encodes a token request this many times.
+const MAX_DECODING_ROUNDS: usize = 8;
+
+/// `form` as a server reads it that percent-decodes the whole form (`+` in the first round,
+/// `%XX` and ASP.NET's `%uXXXX` in every round) until nothing changes, or `None` when it
+/// still changes after [`MAX_DECODING_ROUNDS`].
+fn decoded_fully(form: &[u8]) -> Option<String> {
+    let mut text = String::from_utf8_lossy(&params::decode(form)).into_owned();
+    for _ in 0..MAX_DECODING_ROUNDS {
+        if !text.contains('%') {
+            return Some(text);
+        }
+        let wide = super::path::decode_percent_u(&text);
+        let next = percent_encoding::percent_decode_str(&wide)
+            .decode_utf8_lossy()
+            .into_owned();
+        if next == text {
+            return Some(text);
+        }
+        text = next;
+    }
+    None
+}
+
+/// The names a lenient server may read `name` as: qs's and Rack's (leading brackets dropped,
+/// cut at the next one: `[code]`, `code[]`), and PHP's (cut at a NUL, leading spaces dropped,
+/// a closed `[...]` suffix dropped, an unclosed `[`, `.` and space read as `_`), each under
+/// Unicode compatibility and case folding.
+fn lax_names(name: &str) -> [String; 2] {
+    let qs = name.trim_start_matches(['[', ']']);
+    let qs = qs.split(['[', ']']).next().unwrap_or_default();
+    let php = name.split('\0').next().unwrap_or_default().trim_start();
+    let php = match php.find('[') {
+        Some(open) if php.get(open..).is_some_and(|rest| rest.contains(']')) => {
+            php.get(..open).unwrap_or_default()
+        }
+        _ => php,
+    };
+    let php = php.replace(['[', '.', ' '], "_");
+    [
+        super::path::ascii_reading(qs),
+        super::path::ascii_reading(&php),
+    ]
+}
+
+/// Whether a server that percent-decodes a whole form before splitting it (on `&` and `;`),
+/// and then reads its names loosely ([`lax_names`]), reads the same decision parameters as
+/// `ours` (absent ones absent): an encoded `%26code%3D` inside another value would be a
+/// `code` to it, and so would `%2526%255Bcode%255D%253D` to one that decodes twice.
 fn decoded_whole_agrees<'v>(form: &[u8], ours: impl Fn(&str) -> Option<&'v [u8]>) -> bool {
-    // Only an escaped `&`, `;` or `=` can split the decoded form elsewhere than the layer
-    // did (names are sent plain): without one (most forms), both readings are the same.
+    // Only an escaped `&`, `;` or `=`, or an escaped `%` (which may hide one), can split the
+    // decoded form elsewhere than the layer did (names are sent plain): without one (most
+    // forms), both readings are the same.
     let splits_elsewhere = form.windows(3).any(|w| {
         w.first() == Some(&b'%')
-            && matches!(w.get(1..), Some(b"26" | b"3B" | b"3b" | b"3D" | b"3d"))
+            && matches!(
+                w.get(1..),
+                Some(b"26" | b"25" | b"3B" | b"3b" | b"3D" | b"3d")
+            )
     });
     if !splits_elsewhere {
         return true;
     }
-    let decoded = params::decode(form);
+    let Some(decoded) = decoded_fully(form) else {
+        return false;
+    };
     let mut found = [0usize; DECISION_NAMES.len()];
-    for pair in decoded.split(|&b| b == b'&' || b == b';') {
-        let (name, value) = match pair.iter().position(|&b| b == b'=') {
-            Some(eq) => (pair.get(..eq).unwrap_or_default(), pair.get(eq + 1..)),
-            None => (pair, None),
-        };
-        let name = name.trim_ascii();
+    for pair in decoded.split(['&', ';']) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let names = lax_names(name);
         for (i, known) in DECISION_NAMES.iter().enumerate() {
-            if read_alike(name, known.as_bytes()) {
+            if names
+                .iter()
+                .any(|n| read_alike(n.as_bytes(), known.as_bytes()))
+            {
                 // An empty copy counts too (`ours` never is empty): a server taking the last
                 // copy would read the parameter as absent, not as the layer did.
-                let value = value.unwrap_or_default();
-                if Some(value) != ours(known) {
+                if Some(value.as_bytes()) != ours(known) {
                     return false;
                 }
                 if let Some(count) = found.get_mut(i) {
@@ -600,6 +652,33 @@ mod tests {
                 b"grant_type=refresh_token&refresh_token=r;grant_type=authorization_code",
                 Reason::MalformedParameter,
             ),
+            // The same servers, decoding to a fixed point, or then reading names as PHP,
+            // qs or with Unicode case folding do (found by the fuzz model's author).
+            (
+                b"grant_type=refresh_token&refresh_token=r%2526grant_type%253Dauthorization_code%2526code%253Dvictim",
+                Reason::MalformedParameter,
+            ),
+            (
+                b"grant_type=authorization_code&code=mine&x=%26%25u0063ode%3Dvictim",
+                Reason::MalformedParameter,
+            ),
+            (
+                b"grant_type=refresh_token&refresh_token=r%26grant%5Btype%3Dauthorization_code%26code%2500%3Dvictim",
+                Reason::MalformedParameter,
+            ),
+            (
+                b"grant_type=refresh_token&refresh_token=r%26grant_type%5B%5D%3Dauthorization_code%26code%5B%5D%3Dvictim",
+                Reason::MalformedParameter,
+            ),
+            (
+                b"grant_type=authorization_code&code=mine&client_id=app&x=%26cl%C4%B1ent_id%3Devil",
+                Reason::MalformedParameter,
+            ),
+            // Encoded more times than any client would.
+            (
+                b"grant_type=client_credentials&x=%2525252525252525252525252541",
+                Reason::MalformedParameter,
+            ),
             // An empty copy there: a server taking the last copy reads no code.
             (
                 b"grant_type=authorization_code&code=mine&redirect_uri=https%3A%2F%2Fa%2Fcb%3Fx%3D1%26code%3D",
@@ -783,6 +862,12 @@ mod tests {
             // A server that decodes the whole query first would read a `code` here.
             ("api-version=1;code=x", Err(Reason::ParametersInQuery)),
             ("api-version=1%26code%3Dx", Err(Reason::ParametersInQuery)),
+            (
+                "api-version=1%2526code%253Dvictim",
+                Err(Reason::ParametersInQuery),
+            ),
+            // A literal `%` in a value is fine when nothing hides behind it.
+            ("api-version=100%25", Ok("api-version=100%25")),
             ("api-version=1%26code", Err(Reason::ParametersInQuery)),
             ("code=x", Err(Reason::ParametersInQuery)),
             ("[code]=x", Err(Reason::ParametersInQuery)),
