@@ -1,17 +1,29 @@
 //! The whole layer, driven by arbitrary sequences of requests in front of an in-process legacy
 //! server that knows nothing of PKCE. The legacy server itself checks the invariants, reading
-//! requests as leniently as a careless server would:
+//! requests as leniently as a careless server would (DESIGN.md, "Forward only what was
+//! verified"):
 //!
-//! - it never redeems a code whose authorization request carried a challenge unless the
-//!   forwarded `code_verifier` matches it (S256), and never redeems a code of a client that is
-//!   not exempt without one;
-//! - it never redeems a code twice;
+//! - it routes a request to its token (or authorize) endpoint when any lenient router would:
+//!   the path percent-decoded again and again (`%uXXXX` too), in any case (Unicode's: the
+//!   Kelvin sign is `k`), full-width letters read as ASCII, `;` parameters dropped, dot
+//!   segments resolved, `\` read as `/`, repeated slashes collapsed, cut at a NUL, `?` or `#`,
+//!   segments trimmed, a PATH_INFO suffix after the endpoint's path (`/token/x`,
+//!   `/token.php/x`), a `SCRIPT_NAME` header cut from the front (gunicorn before 22), or the
+//!   path taken from `X-Original-URL` or `X-Rewrite-URL`;
+//! - it reads a token request from the query string, the body (as a form, and as JSON where it
+//!   is JSON) and the `Cookie` header (PHP's `$_REQUEST`, ASP.NET's `Request[]`), any of them
+//!   alone or together in that order, under every reading of `tower_pkce::fuzzing::READINGS`
+//!   (and this target's own: any case with a `[...]` suffix dropped), taking the first or the
+//!   last copy of each name;
+//! - under each of these readings it never redeems a code whose authorization request carried
+//!   a challenge unless the `code_verifier` that same reading finds matches it (S256), never
+//!   redeems a code of a client that is not exempt without one, and never redeems a code twice;
 //!
 //! and the client checks that a redirect carrying a code brings back exactly the `state` it
 //! sent. A panic anywhere, and a 500 from the layer, are crashes too.
 #![no_main]
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -19,16 +31,19 @@ use arbitrary::Arbitrary;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, CONTENT_TYPE, LOCATION};
-use http::{Method, Request, Response, StatusCode};
+use http::header::{AUTHORIZATION, CONTENT_TYPE, COOKIE, LOCATION};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt as _, Full};
 use libfuzzer_sys::fuzz_target;
 use sha2::{Digest as _, Sha256};
 use tower::{Layer as _, ServiceExt as _};
+use tower_pkce::fuzzing::{Reading, READINGS};
 use tower_pkce::{MemoryStore, PkceLayer};
 
 const REDIRECT: &str = "https://app.example/cb";
 const EXEMPT: &str = "conf";
+const TOKEN: &str = "/token";
+const AUTHORIZE: &str = "/authorize";
 
 /// Verifiers the client picks from, by index.
 fn verifier(i: u8) -> String {
@@ -79,13 +94,233 @@ enum Verifier {
     Raw(String),
 }
 
+/// Where a request for an endpoint is sent.
+#[derive(Arbitrary, Debug)]
+enum Target {
+    /// The endpoint's own path.
+    Canonical,
+    /// One of the endpoint's [`tricks`], by index.
+    Trick(u8),
+    /// Anything starting with `/`.
+    Raw(String),
+}
+
+/// Spellings of an endpoint's path (`/token`, or `/authorize`) that some router reads as it,
+/// each with the `SCRIPT_NAME` header that goes with it, if any.
+fn tricks(endpoint: &str) -> Vec<(String, Option<&'static str>)> {
+    let name = endpoint.trim_start_matches('/');
+    let (first, rest) = name.split_at(1);
+    let first = first.as_bytes()[0];
+    // The name with its first non-ASCII lookalike: the Kelvin sign for `k`, a dotless `ı`
+    // for `i`, a long `ſ` for `s`; or else a full-width first letter.
+    // A full-width first letter: U+FF41 (`ａ`) and on, EF BD 81 in UTF-8.
+    let fullwidth = format!("%EF%BD%{:02X}{rest}", 0x81 + u32::from(first - b'a'));
+    let folding = if name.contains('k') {
+        name.replacen('k', "%E2%84%AA", 1)
+    } else if name.contains('i') {
+        name.replacen('i', "%C4%B1", 1)
+    } else if name.contains('s') {
+        name.replacen('s', "%C5%BF", 1)
+    } else {
+        fullwidth.clone()
+    };
+    let upper = name.to_ascii_uppercase();
+    let plain: Vec<String> = vec![
+        format!("/{name}/x"),
+        format!("/{name}.php/x"),
+        format!("/{name}.php"),
+        format!("/{name}/"),
+        format!("/{name}.json"),
+        format!("/{upper}"),
+        format!("/%u{:04x}{rest}", first),
+        format!("/%U{:04X}{rest}", first),
+        format!("/%{:02x}{rest}", first),
+        format!("/%25{:02x}{rest}", first),
+        format!("/%2525{:02x}{rest}", first),
+        format!("/%252525{:02x}{rest}", first),
+        format!("/%25u{:04x}{rest}", first),
+        format!("/{folding}"),
+        format!("/{folding}/x"),
+        format!("/{}", folding.to_ascii_uppercase()),
+        format!("/{fullwidth}"),
+        format!("/{name};x=1"),
+        format!("/{name};x=1/y"),
+        format!("/{name}%3Bx=1"),
+        format!("//{name}"),
+        format!("/x/../{name}"),
+        format!("/x/%2e%2e/{name}"),
+        format!("/{name}/../x"),
+        format!("/./{name}"),
+        format!("/{name}%2Fx"),
+        format!("/{name}%3Fx"),
+        format!("/{name}%23x"),
+        format!("/{name}%00.html"),
+        format!("/{name}%20"),
+        format!("/{name}.%20"),
+        format!("/%5C{name}"),
+        format!("/{name}%5Cx"),
+        format!("/app/{name}"),
+        format!("/app/{name}/x"),
+    ];
+    plain
+        .into_iter()
+        .map(|path| {
+            let script = path.starts_with("/app/").then_some("/app");
+            (path, script)
+        })
+        .collect()
+}
+
+/// The path `target` names for `endpoint`, and the `SCRIPT_NAME` that goes with it.
+fn target_path(target: &Target, endpoint: &str) -> Option<(String, Option<&'static str>)> {
+    match target {
+        Target::Canonical => Some((endpoint.to_owned(), None)),
+        Target::Trick(i) => {
+            let all = tricks(endpoint);
+            let at = usize::from(*i) % all.len();
+            all.into_iter().nth(at)
+        }
+        Target::Raw(p) if p.starts_with('/') => Some((p.clone(), None)),
+        Target::Raw(_) => None,
+    }
+}
+
+/// A header a careless stack reads parameters or a route from.
+#[derive(Arbitrary, Debug)]
+enum Extra {
+    /// `SCRIPT_NAME` (gunicorn before 22 cuts it from the front of the path); `/app` if none.
+    ScriptName(Option<String>),
+    /// `X-Original-URL`, or `X-Rewrite-URL` (IIS rewrites); the endpoint's path if none.
+    OriginalUrl { rewrite: bool, url: Option<String> },
+    /// A `Cookie` header as sent.
+    Cookie(Vec<u8>),
+}
+
+fn add_extras(request: &mut Request<Full<Bytes>>, extras: &[Extra], endpoint: &str) {
+    for extra in extras {
+        let (name, value): (&str, Vec<u8>) = match extra {
+            Extra::ScriptName(v) => (
+                "script_name",
+                v.as_deref().unwrap_or("/app").as_bytes().to_vec(),
+            ),
+            Extra::OriginalUrl { rewrite, url } => (
+                if *rewrite {
+                    "x-rewrite-url"
+                } else {
+                    "x-original-url"
+                },
+                url.as_deref().unwrap_or(endpoint).as_bytes().to_vec(),
+            ),
+            Extra::Cookie(c) => ("cookie", c.clone()),
+        };
+        if let Ok(value) = HeaderValue::from_bytes(&value) {
+            request
+                .headers_mut()
+                .append(http::HeaderName::from_static(name), value);
+        }
+    }
+}
+
 #[derive(Arbitrary, Debug)]
 enum Path {
     Authorize,
     Token,
     Metadata,
     Resource,
+    /// One of the [`tricks`] for the token endpoint.
+    TokenTrick(u8),
+    /// One of the [`tricks`] for the authorize endpoint.
+    AuthorizeTrick(u8),
     Raw(String),
+}
+
+/// A parameter of a token request.
+#[derive(Arbitrary, Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    GrantType,
+    Code,
+    Verifier,
+    ClientId,
+}
+
+impl Field {
+    fn name(self) -> &'static str {
+        match self {
+            Field::GrantType => "grant_type",
+            Field::Code => "code",
+            Field::Verifier => "code_verifier",
+            Field::ClientId => "client_id",
+        }
+    }
+}
+
+#[derive(Arbitrary, Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    Body,
+    Query,
+    Cookie,
+}
+
+/// A parameter of a token request moved (or copied) elsewhere, its name spelt as some server
+/// reads it ([`spell`]).
+#[derive(Arbitrary, Debug)]
+struct Move {
+    field: Field,
+    place: Place,
+    spelling: u8,
+    /// Whether the parameter also stays where it was.
+    keep: bool,
+}
+
+/// How many spellings [`spell`] knows.
+const SPELLINGS: u8 = 22;
+
+/// A pair `name=value` as one of the spellings some reading in `READINGS` takes for `name`.
+fn spell(name: &str, value: &str, spelling: u8) -> String {
+    let value: String = form_urlencoded::byte_serialize(value.as_bytes()).collect();
+    let first = name.as_bytes()[0];
+    let rest = &name[1..];
+    let camel = {
+        let mut out = String::new();
+        let mut up = false;
+        for c in name.chars() {
+            if c == '_' {
+                up = true;
+            } else if up {
+                out.push(c.to_ascii_uppercase());
+                up = false;
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    };
+    let name = match spelling % SPELLINGS {
+        0 => name.to_owned(),
+        1 => name.to_ascii_uppercase(),
+        2 => format!("{name}[]"),
+        3 => format!("[{name}]"),
+        4 => format!("{name}[0]"),
+        5 => format!("%5B{name}%5D"),
+        6 => format!("%{first:02X}{rest}"),
+        7 => format!("%u{first:04x}{rest}"),
+        8 => format!("{name}%00x"),
+        9 => format!("+{name}"),
+        10 => name.replace('_', "."),
+        11 => name.replace('_', "+"),
+        12 => camel,
+        13 => name.replace('_', "-").to_ascii_uppercase(),
+        14 if name.contains('i') => name.replacen('i', "%C4%B1", 1),
+        14 => format!("{}{rest}", char::from(first).to_ascii_uppercase()),
+        15 => return format!("x=%26{name}%3D{value}"),
+        16 => return format!("x=%2526{name}%253D{value}"),
+        17 => return format!("x=1;{name}={value}"),
+        18 => return format!("x=%26%25u{first:04x}{rest}%3D{value}"),
+        19 => name.replacen('_', "[", 1),
+        20 => format!("{name}[x"),
+        _ => format!("%{:02X}{rest}", first.to_ascii_uppercase()),
+    };
+    format!("{name}={value}")
 }
 
 #[derive(Arbitrary, Debug)]
@@ -97,6 +332,8 @@ enum Op {
         state: Option<String>,
         post: bool,
         extra: Vec<u8>,
+        target: Target,
+        headers: Vec<Extra>,
     },
     /// A token request for a remembered code.
     Token {
@@ -106,6 +343,10 @@ enum Op {
         basic: bool,
         json: bool,
         extra: Vec<u8>,
+        target: Target,
+        moves: Vec<Move>,
+        query: Vec<u8>,
+        headers: Vec<Extra>,
     },
     /// Anything at all.
     Raw {
@@ -114,6 +355,7 @@ enum Op {
         query: Vec<u8>,
         body: Vec<u8>,
         content_type: Option<String>,
+        headers: Vec<Extra>,
     },
 }
 
@@ -124,11 +366,16 @@ struct Issued {
     method: Option<String>,
 }
 
+/// One lenient server's way of reading a token request: which reading, which body, which
+/// sources, which copy of each name, and where the client comes from. It redeems a code at
+/// most once.
+type ServerKey = (usize, usize, u8, [u8; 3]);
+
 #[derive(Default)]
 struct Legacy {
     next: u64,
     issued: HashMap<String, Issued>,
-    redeemed: HashSet<String>,
+    redeemed: HashSet<(ServerKey, String)>,
 }
 
 /// Every value whose name a lenient server reads as `name`: decoded, any case, a `[...]`
@@ -162,18 +409,284 @@ fn form(bytes: &[u8]) -> Vec<(String, String)> {
         .collect()
 }
 
-fn json_or_form(bytes: &[u8]) -> Vec<(String, String)> {
-    if let Ok(serde_json::Value::Object(map)) = serde_json::from_slice(bytes) {
-        return map
-            .into_iter()
-            .map(|(k, v)| match v {
-                serde_json::Value::String(s) => (k, s),
-                other => (k, other.to_string()),
-            })
-            .collect();
-    }
-    form(bytes)
+/// This target's own reading, as [`lenient`]: names in ASCII case, a `[...]` suffix dropped.
+fn lenient_reading(form: &[u8]) -> Vec<(String, Vec<u8>)> {
+    form_urlencoded::parse(form)
+        .map(|(n, v)| {
+            let name = n.to_ascii_lowercase();
+            let name = name.split('[').next().unwrap_or_default().to_owned();
+            (name, v.into_owned().into_bytes())
+        })
+        .collect()
 }
+
+/// The readings of a token request's parameters: the library's table and this target's own.
+fn readings() -> Vec<(&'static str, Reading)> {
+    let mut all: Vec<(&'static str, Reading)> = READINGS.to_vec();
+    all.push((
+        "names in ASCII case with a `[...]` suffix dropped (this target's own)",
+        lenient_reading,
+    ));
+    all
+}
+
+/// How `reading` spells a parameter's name: as it reads a form of that one name.
+fn key(reading: Reading, name: &str) -> String {
+    reading(format!("{name}=x").as_bytes())
+        .into_iter()
+        .next()
+        .map(|(n, _)| n)
+        .unwrap_or_default()
+}
+
+/// A JSON object's members as a form, for the readings (a server that binds JSON names as it
+/// binds form names); `None` if the body is no JSON object.
+fn json_as_form(bytes: &[u8]) -> Option<Vec<u8>> {
+    let Ok(serde_json::Value::Object(map)) = serde_json::from_slice(bytes) else {
+        return None;
+    };
+    let mut form = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in map {
+        match v {
+            serde_json::Value::String(s) => form.append_pair(&k, &s),
+            other => form.append_pair(&k, &other.to_string()),
+        };
+    }
+    Some(form.finish().into_bytes())
+}
+
+/// The `Cookie` headers as a form: PHP splits them at `;` and drops the spaces before a name,
+/// then reads the pairs as it reads a query string.
+fn cookies_as_form(headers: &HeaderMap) -> Vec<u8> {
+    let mut form = Vec::new();
+    for value in headers.get_all(COOKIE) {
+        for pair in value.as_bytes().split(|&b| b == b';') {
+            let start = pair
+                .iter()
+                .position(|b| !b.is_ascii_whitespace())
+                .unwrap_or(pair.len());
+            if start < pair.len() {
+                if !form.is_empty() {
+                    form.push(b'&');
+                }
+                form.extend_from_slice(&pair[start..]);
+            }
+        }
+    }
+    form
+}
+
+// ---------------------------------------------------------------------------------------------
+// Routing: the readings of a path
+
+/// How many spellings of one path the router model follows, breadth first.
+const PATH_STATES: usize = 384;
+
+/// `%XX` and `%uXXXX` escapes decoded once (`+` is kept), the bytes then read as UTF-8.
+fn decode_once(s: &str) -> String {
+    let raw = s.as_bytes();
+    let hex = |digits: &[u8]| -> Option<u32> {
+        if !digits.iter().all(u8::is_ascii_hexdigit) {
+            return None;
+        }
+        u32::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
+    };
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] == b'%' {
+            if matches!(raw.get(i + 1), Some(b'u' | b'U')) {
+                if let Some(unit) = raw.get(i + 2..i + 6).and_then(hex) {
+                    let c = char::from_u32(unit).unwrap_or(char::REPLACEMENT_CHARACTER);
+                    out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+                    i += 6;
+                    continue;
+                }
+            } else if let Some(byte) = raw.get(i + 1..i + 3).and_then(hex) {
+                out.push(byte as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(raw[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Unicode case folding as Python, JavaScript and Java routers compare: uppercased, then
+/// lowercased (`ı` is `i`, `ſ` is `s`, the Kelvin sign is `k`).
+fn fold_case(s: &str) -> String {
+    s.to_uppercase().to_lowercase()
+}
+
+/// The part of Unicode compatibility normalization (NFKC) that makes ASCII: full-width forms,
+/// the Kelvin sign, the long `s`, the ideographic space and one-dot leaders.
+fn compatibility(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '\u{FF01}'..='\u{FF5E}' => char::from_u32(c as u32 - 0xFEE0).unwrap_or(c),
+            '\u{212A}' => 'K',
+            '\u{017F}' => 's',
+            '\u{3000}' => ' ',
+            '\u{2024}' | '\u{FE52}' => '.',
+            c => c,
+        })
+        .collect()
+}
+
+/// Every segment's `;` parameters dropped (servlet containers).
+fn drop_params(s: &str) -> String {
+    s.split('/')
+        .map(|segment| segment.split(';').next().unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Dot segments resolved (RFC 3986, 5.2.4).
+fn remove_dots(s: &str) -> String {
+    let parts: Vec<&str> = s.split('/').collect();
+    let mut out: Vec<&str> = Vec::new();
+    let last = parts.len() - 1;
+    for (i, segment) in parts.iter().enumerate() {
+        if i == 0 {
+            if !segment.is_empty() && *segment != "." && *segment != ".." {
+                out.push(segment);
+            }
+            continue;
+        }
+        match *segment {
+            "." => {
+                if i == last {
+                    out.push("");
+                }
+            }
+            ".." => {
+                out.pop();
+                if i == last {
+                    out.push("");
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    format!("/{}", out.join("/"))
+}
+
+fn collapse_slashes(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if !(c == '/' && out.ends_with('/')) {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Cut at a NUL (C servers), and at a `?` or `#` (servers that decode the whole target before
+/// they split it).
+fn cut(s: &str) -> String {
+    s.split(['\0', '?', '#']).next().unwrap_or_default().to_owned()
+}
+
+/// Every segment trimmed of whitespace and controls (Spring), trailing dots and spaces dropped
+/// from the last (IIS).
+fn trim_segments(s: &str) -> String {
+    let mut segments: Vec<&str> = s
+        .split('/')
+        .map(|segment| {
+            segment.trim_matches(|c: char| c.is_ascii_whitespace() || c.is_ascii_control())
+        })
+        .collect();
+    if let Some(last) = segments.last_mut() {
+        *last = last.trim_end_matches([' ', '.']);
+    }
+    segments.join("/")
+}
+
+/// The spellings of a path one step of some router's reading away.
+fn steps(s: &str, script_names: &[String]) -> Vec<String> {
+    let mut next = vec![
+        decode_once(s),
+        fold_case(s),
+        compatibility(s),
+        drop_params(s),
+        remove_dots(s),
+        s.replace('\\', "/"),
+        collapse_slashes(s),
+        cut(s),
+        trim_segments(s),
+    ];
+    // gunicorn before 22: `PATH_INFO = path.split(SCRIPT_NAME, 1)[1]`.
+    for name in script_names {
+        if let Some((_, rest)) = s.split_once(name.as_str()) {
+            next.push(if rest.starts_with('/') {
+                rest.to_owned()
+            } else {
+                format!("/{rest}")
+            });
+        }
+    }
+    next
+}
+
+/// Whether a router that reads the path as `s` runs `endpoint`: the path itself, or the path
+/// with a PATH_INFO suffix (`/token/x`) or an extension (`/token.php`, `/token.php/x`).
+fn routes_to(s: &str, endpoint: &str) -> bool {
+    s.strip_prefix(endpoint)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(['/', '.']))
+}
+
+/// For the token and the authorize endpoint, a reading of the request's path (or of a routing
+/// header) that some router runs it for, if any.
+fn route(path: &str, headers: &HeaderMap) -> (Option<String>, Option<String>) {
+    let script_names: Vec<String> = headers
+        .get_all("script_name")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let mut queue: VecDeque<String> = VecDeque::new();
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut starts = vec![path.to_owned()];
+    for name in ["x-original-url", "x-rewrite-url"] {
+        for value in headers.get_all(name) {
+            if let Ok(url) = value.to_str() {
+                starts.push(url.split(['?', '#']).next().unwrap_or_default().to_owned());
+            }
+        }
+    }
+    for start in starts {
+        if seen.insert(start.clone()) {
+            queue.push_back(start);
+        }
+    }
+    let (mut token, mut authorize) = (None, None);
+    while let Some(s) = queue.pop_front() {
+        if token.is_none() && routes_to(&s, TOKEN) {
+            token = Some(s.clone());
+        }
+        if authorize.is_none() && routes_to(&s, AUTHORIZE) {
+            authorize = Some(s.clone());
+        }
+        if token.is_some() && authorize.is_some() {
+            break;
+        }
+        for next in steps(&s, &script_names) {
+            if seen.len() >= PATH_STATES {
+                break;
+            }
+            if seen.insert(next.clone()) {
+                queue.push_back(next);
+            }
+        }
+    }
+    (token, authorize)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The legacy server
 
 fn reply(
     status: StatusCode,
@@ -188,6 +701,152 @@ fn reply(
     response
 }
 
+const SOURCES: [&str; 3] = ["query", "body", "cookies"];
+
+/// The first or the last copy, an empty one being absent (RFC 6749 §3.1).
+fn pick<'a>(copies: &[&'a [u8]], last: bool) -> Option<&'a [u8]> {
+    let copy = if last { copies.last() } else { copies.first() };
+    copy.copied().filter(|v| !v.is_empty())
+}
+
+fn lossy(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The token endpoint under every reading: asserts the invariants for each code some reading
+/// redeems, and records it redeemed for that reading. Whether any reading redeemed a code.
+fn token_endpoint(
+    legacy: &mut Legacy,
+    route: &str,
+    query: &[u8],
+    body: &[u8],
+    headers: &HeaderMap,
+) -> bool {
+    let basic = headers
+        .get(AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Basic "))
+        .and_then(|c| STANDARD.decode(c).ok())
+        .and_then(|c| String::from_utf8(c).ok())
+        .and_then(|c| c.split_once(':').map(|(user, _)| user.to_owned()));
+    let json = json_as_form(body);
+    let cookies = cookies_as_form(headers);
+    let mut hashes: HashMap<Vec<u8>, String> = HashMap::new();
+    let mut redeemed_any = false;
+    for (r, (label, reading)) in readings().into_iter().enumerate() {
+        let (code_key, verifier_key, client_key) = (
+            key(reading, "code"),
+            key(reading, "code_verifier"),
+            key(reading, "client_id"),
+        );
+        let q = reading(query);
+        let c = reading(&cookies);
+        let mut bodies = vec![("a form", reading(body))];
+        if let Some(json) = &json {
+            bodies.push(("JSON", reading(json)));
+        }
+        for (b, (body_as, body_pairs)) in bodies.iter().enumerate() {
+            let parts: [&[(String, Vec<u8>)]; 3] = [&q, body_pairs, &c];
+            for mask in 1u8..8 {
+                // A source with nothing in it adds no server of its own.
+                if (0..3).any(|i| mask & (1 << i) != 0 && parts[i].is_empty()) && mask != 2 {
+                    continue;
+                }
+                let copies = |key: &str| -> Vec<&[u8]> {
+                    (0..3)
+                        .filter(|i| mask & (1 << i) != 0)
+                        .flat_map(|i| parts[i].iter())
+                        .filter(|(n, _)| n == key)
+                        .map(|(_, v)| v.as_slice())
+                        .collect()
+                };
+                let (codes, verifiers, ids) =
+                    (copies(&code_key), copies(&verifier_key), copies(&client_key));
+                if codes.is_empty() {
+                    continue;
+                }
+                for code_last in [false, true] {
+                    let Some(code) = pick(&codes, code_last).map(lossy) else {
+                        continue;
+                    };
+                    let Some(issued) = legacy.issued.get(&code) else {
+                        continue;
+                    };
+                    for verifier_last in [false, true] {
+                        // The client: Basic's user first or the parameter's first or last.
+                        for client_from in 0u8..4 {
+                            let id = pick(&ids, client_from % 2 == 1).map(lossy);
+                            let client = if client_from < 2 {
+                                basic.clone().or(id)
+                            } else {
+                                id.or_else(|| basic.clone())
+                            };
+                            // Like any server, the legacy one redeems a code only for the
+                            // client it was issued to.
+                            if client.is_none() || client != issued.client {
+                                continue;
+                            }
+                            let verifier = pick(&verifiers, verifier_last);
+                            let sources: Vec<&str> = (0..3)
+                                .filter(|i| mask & (1 << i) != 0)
+                                .map(|i| SOURCES[i])
+                                .collect();
+                            let server = || {
+                                format!(
+                                    "reading {label:?}, the body as {body_as}, from {sources:?}, \
+                                     the {} code and the {} verifier, path read as {route:?}",
+                                    if code_last { "last" } else { "first" },
+                                    if verifier_last { "last" } else { "first" },
+                                )
+                            };
+                            match (&issued.challenge, issued.client.as_deref()) {
+                                (Some(challenge), _) => {
+                                    assert_eq!(
+                                        issued.method.as_deref(),
+                                        Some("S256"),
+                                        "a plain or unnamed method got through"
+                                    );
+                                    let verifier = verifier.unwrap_or_else(|| {
+                                        panic!("{code} redeemed without a verifier: {}", server())
+                                    });
+                                    let hash = hashes
+                                        .entry(verifier.to_vec())
+                                        .or_insert_with(|| s256(&lossy(verifier)));
+                                    assert_eq!(
+                                        hash,
+                                        challenge,
+                                        "{code} redeemed with the wrong verifier {:?}: {}",
+                                        lossy(verifier),
+                                        server()
+                                    );
+                                }
+                                (None, Some(EXEMPT)) => {}
+                                (None, client) => panic!(
+                                    "{code} of {client:?} was issued and redeemed without PKCE: {}",
+                                    server()
+                                ),
+                            }
+                            let key: ServerKey = (
+                                r,
+                                b,
+                                mask,
+                                [u8::from(code_last), u8::from(verifier_last), client_from],
+                            );
+                            assert!(
+                                legacy.redeemed.insert((key, code.clone())),
+                                "{code} redeemed twice: {}",
+                                server()
+                            );
+                            redeemed_any = true;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    redeemed_any
+}
+
 async fn legacy(
     state: Arc<Mutex<Legacy>>,
     req: Request<tower_pkce::PkceBody<Full<Bytes>>>,
@@ -198,10 +857,15 @@ async fn legacy(
         .await
         .map(|c| c.to_bytes())
         .unwrap_or_default();
-    let path = parts.uri.path().to_ascii_lowercase();
-    let mut pairs = form(parts.uri.query().unwrap_or_default().as_bytes());
+    let query = parts.uri.query().unwrap_or_default().as_bytes();
+    let (token, authorize) = route(parts.uri.path(), &parts.headers);
     let mut legacy = state.lock().unwrap();
-    if path.starts_with("/authorize") {
+    let mut redeemed = false;
+    if let Some(route) = &token {
+        redeemed = token_endpoint(&mut legacy, route, query, &body, &parts.headers);
+    }
+    if authorize.is_some() {
+        let mut pairs = form(query);
         pairs.extend(form(&body));
         let client = one(&pairs, "client_id");
         let redirect = one(&pairs, "redirect_uri").unwrap_or_else(|| REDIRECT.to_owned());
@@ -222,69 +886,22 @@ async fn legacy(
         }
         return Ok(reply(StatusCode::FOUND, Some(location), ""));
     }
-    if path.starts_with("/token") {
-        pairs.extend(json_or_form(&body));
-        let Some(code) = one(&pairs, "code") else {
-            return Ok(reply(
-                StatusCode::BAD_REQUEST,
+    if token.is_some() {
+        return Ok(if redeemed {
+            reply(
+                StatusCode::OK,
                 None,
-                r#"{"error":"invalid_request"}"#,
-            ));
-        };
-        let Some(issued) = legacy.issued.get(&code) else {
-            return Ok(reply(
-                StatusCode::BAD_REQUEST,
-                None,
-                r#"{"error":"invalid_grant"}"#,
-            ));
-        };
-        // Like any server, the legacy one redeems a code only for the client it was issued to.
-        let basic = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|h| h.to_str().ok())
-            .and_then(|h| h.strip_prefix("Basic "))
-            .and_then(|c| STANDARD.decode(c).ok())
-            .and_then(|c| String::from_utf8(c).ok())
-            .and_then(|c| c.split_once(':').map(|(user, _)| user.to_owned()));
-        let client = basic.or_else(|| one(&pairs, "client_id"));
-        if client.is_none() || client != issued.client {
-            return Ok(reply(
+                r#"{"access_token":"t","token_type":"Bearer"}"#,
+            )
+        } else {
+            reply(
                 StatusCode::BAD_REQUEST,
                 None,
                 r#"{"error":"invalid_grant"}"#,
-            ));
-        }
-        let verifier = one(&pairs, "code_verifier");
-        match (&issued.challenge, issued.client.as_deref()) {
-            (Some(challenge), _) => {
-                assert_eq!(
-                    issued.method.as_deref(),
-                    Some("S256"),
-                    "a plain or unnamed method got through"
-                );
-                let verifier =
-                    verifier.unwrap_or_else(|| panic!("{code} redeemed without a verifier"));
-                assert_eq!(
-                    &s256(&verifier),
-                    challenge,
-                    "{code} redeemed with the wrong verifier"
-                );
-            }
-            (None, Some(EXEMPT)) => {}
-            (None, client) => panic!("{code} of {client:?} was issued and redeemed without PKCE"),
-        }
-        assert!(
-            legacy.redeemed.insert(code.clone()),
-            "{code} redeemed twice"
-        );
-        return Ok(reply(
-            StatusCode::OK,
-            None,
-            r#"{"access_token":"t","token_type":"Bearer"}"#,
-        ));
+            )
+        });
     }
-    if path.contains(".well-known") {
+    if parts.uri.path().to_ascii_lowercase().contains(".well-known") {
         return Ok(reply(
             StatusCode::OK,
             None,
@@ -334,6 +951,19 @@ fn build(
     builder.body(Full::new(Bytes::from(body))).ok()
 }
 
+/// Adds the `SCRIPT_NAME` a trick path goes with.
+fn add_script_name(request: &mut Request<Full<Bytes>>, script: Option<&'static str>) {
+    if let Some(script) = script {
+        request
+            .headers_mut()
+            .append("script_name", HeaderValue::from_static(script));
+    }
+}
+
+fn join(pairs: &[String], separator: &str) -> Vec<u8> {
+    pairs.join(separator).into_bytes()
+}
+
 fuzz_target!(|ops: Vec<Op>| {
     if ops.len() > 64 {
         return;
@@ -360,7 +990,12 @@ fuzz_target!(|ops: Vec<Op>| {
                     state: client_state,
                     post,
                     extra,
+                    target,
+                    headers,
                 } => {
+                    let Some((path, script)) = target_path(&target, AUTHORIZE) else {
+                        continue;
+                    };
                     let mut fields: Vec<(&str, String)> = vec![("response_type", "code".into())];
                     if let Some(id) = client.id() {
                         fields.push(("client_id", id.into()));
@@ -405,15 +1040,17 @@ fuzz_target!(|ops: Vec<Op>| {
                     let request = if post {
                         build(
                             &Method::POST,
-                            "/authorize",
+                            &path,
                             b"",
                             encoded,
                             Some("application/x-www-form-urlencoded"),
                         )
                     } else {
-                        build(&Method::GET, "/authorize", &encoded, Vec::new(), None)
+                        build(&Method::GET, &path, &encoded, Vec::new(), None)
                     };
-                    let Some(request) = request else { continue };
+                    let Some(mut request) = request else { continue };
+                    add_script_name(&mut request, script);
+                    add_extras(&mut request, &headers, AUTHORIZE);
                     let Ok(response) = svc.clone().oneshot(request).await;
                     assert_ne!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
                     let Some(location) = response
@@ -447,8 +1084,15 @@ fuzz_target!(|ops: Vec<Op>| {
                     basic,
                     json,
                     extra,
+                    target,
+                    moves,
+                    query,
+                    headers,
                 } => {
                     let Some(flow) = seen.get(usize::from(code) % seen.len().max(1)) else {
+                        continue;
+                    };
+                    let Some((path, script)) = target_path(&target, TOKEN) else {
                         continue;
                     };
                     let verifier = match which {
@@ -468,11 +1112,36 @@ fuzz_target!(|ops: Vec<Op>| {
                     if let Some(v) = verifier {
                         fields.push(("code_verifier", v));
                     }
+                    // Parameters moved or copied elsewhere, their names respelt.
+                    let (mut in_body, mut in_query, mut in_cookie) =
+                        (Vec::new(), Vec::new(), Vec::new());
+                    let mut removed: Vec<&str> = Vec::new();
+                    for m in moves.iter().take(8) {
+                        let name = m.field.name();
+                        let Some((_, value)) = fields.iter().find(|(n, _)| *n == name) else {
+                            continue;
+                        };
+                        let pair = spell(name, value, m.spelling);
+                        match m.place {
+                            Place::Body => in_body.push(pair),
+                            Place::Query => in_query.push(pair),
+                            Place::Cookie => in_cookie.push(pair),
+                        }
+                        if !m.keep {
+                            removed.push(name);
+                        }
+                    }
+                    fields.retain(|(n, _)| !removed.contains(n));
                     let (body, content_type) = if json {
-                        let map: serde_json::Map<String, serde_json::Value> = fields
+                        let mut map: serde_json::Map<String, serde_json::Value> = fields
                             .iter()
                             .map(|(n, v)| (n.to_string(), v.clone().into()))
                             .collect();
+                        for pair in &in_body {
+                            if let Some((n, v)) = form_urlencoded::parse(pair.as_bytes()).next() {
+                                map.insert(n.into_owned(), v.into_owned().into());
+                            }
+                        }
                         let mut body = serde_json::to_vec(&map).unwrap();
                         body.extend_from_slice(&extra);
                         (body, "application/json")
@@ -481,14 +1150,27 @@ fuzz_target!(|ops: Vec<Op>| {
                             .extend_pairs(fields.iter().map(|(n, v)| (*n, v.as_str())))
                             .finish()
                             .into_bytes();
+                        for pair in &in_body {
+                            if !body.is_empty() {
+                                body.push(b'&');
+                            }
+                            body.extend_from_slice(pair.as_bytes());
+                        }
                         if !extra.is_empty() {
                             body.push(b'&');
                             body.extend_from_slice(&extra);
                         }
                         (body, "application/x-www-form-urlencoded")
                     };
+                    let mut full_query = query;
+                    for pair in &in_query {
+                        if !full_query.is_empty() {
+                            full_query.push(b'&');
+                        }
+                        full_query.extend_from_slice(pair.as_bytes());
+                    }
                     let Some(mut request) =
-                        build(&Method::POST, "/token", b"", body, Some(content_type))
+                        build(&Method::POST, &path, &full_query, body, Some(content_type))
                     else {
                         continue;
                     };
@@ -498,6 +1180,13 @@ fuzz_target!(|ops: Vec<Op>| {
                             request.headers_mut().insert(AUTHORIZATION, value);
                         }
                     }
+                    if !in_cookie.is_empty() {
+                        if let Ok(value) = HeaderValue::from_bytes(&join(&in_cookie, "; ")) {
+                            request.headers_mut().append(COOKIE, value);
+                        }
+                    }
+                    add_script_name(&mut request, script);
+                    add_extras(&mut request, &headers, TOKEN);
                     let Ok(response) = svc.clone().oneshot(request).await;
                     assert_ne!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
                 }
@@ -507,20 +1196,36 @@ fuzz_target!(|ops: Vec<Op>| {
                     query,
                     body,
                     content_type,
+                    headers,
                 } => {
-                    let path = match &path {
-                        Path::Authorize => "/authorize",
-                        Path::Token => "/token",
-                        Path::Metadata => "/.well-known/openid-configuration",
-                        Path::Resource => "/resource",
-                        Path::Raw(p) if p.starts_with('/') => p.as_str(),
+                    let (path, script) = match &path {
+                        Path::Authorize => (AUTHORIZE.to_owned(), None),
+                        Path::Token => (TOKEN.to_owned(), None),
+                        Path::Metadata => ("/.well-known/openid-configuration".to_owned(), None),
+                        Path::Resource => ("/resource".to_owned(), None),
+                        Path::TokenTrick(i) => {
+                            let Some(t) = target_path(&Target::Trick(*i), TOKEN) else {
+                                continue;
+                            };
+                            t
+                        }
+                        Path::AuthorizeTrick(i) => {
+                            let Some(t) = target_path(&Target::Trick(*i), AUTHORIZE) else {
+                                continue;
+                            };
+                            t
+                        }
+                        Path::Raw(p) if p.starts_with('/') => (p.clone(), None),
                         Path::Raw(_) => continue,
                     };
                     let method = if post { Method::POST } else { Method::GET };
-                    let Some(request) = build(&method, path, &query, body, content_type.as_deref())
+                    let Some(mut request) =
+                        build(&method, &path, &query, body, content_type.as_deref())
                     else {
                         continue;
                     };
+                    add_script_name(&mut request, script);
+                    add_extras(&mut request, &headers, TOKEN);
                     let Ok(response) = svc.clone().oneshot(request).await;
                     assert_ne!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
                     if let Some(location) = response

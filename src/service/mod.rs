@@ -491,20 +491,22 @@ fn authorize_refusal(
     }
 }
 
-/// Whether a live flow's record agrees exactly with a request that re-enters it: the same
-/// challenge, client and redirect URI, each present or absent alike. Anything else reusing a
-/// live handle is an attempt on someone else's flow.
+/// Whether a live flow's record agrees with a request that re-enters it: the same client and
+/// redirect URI, each present or absent alike, and the same challenge or none at all (a
+/// consent form written before PKCE posts back without the challenge fields, or with them
+/// empty: the code stays bound to the recorded challenge). Anything else reusing a live
+/// handle is an attempt on someone else's flow.
 fn reentry_matches(
     flow: &PendingFlow,
     params: &AuthorizeParams<'_>,
     allow_plain: bool,
 ) -> Result<(), Reason> {
-    let challenge = if params.challenge.is_some() || params.method.is_some() {
-        authorize::check_pkce(params, allow_plain, false)?
-    } else {
-        None
+    let same_challenge = match params.challenge {
+        // Omitted (an empty value is absent): whatever the method says, nothing to compare.
+        None => true,
+        Some(_) => authorize::check_pkce(params, allow_plain, false)?.as_ref() == flow.challenge(),
     };
-    let same = challenge.as_ref() == flow.challenge()
+    let same = same_challenge
         && params.client_id.as_deref() == Some(flow.client_id())
         && params.redirect_uri.as_deref() == flow.redirect_uri();
     if same {
@@ -1087,17 +1089,29 @@ where
     // Boxed, as are the checks of a request: a future of a few hundred bytes comes from the
     // allocator's per-thread cache, where one of a few kilobytes does not.
     match Box::pin(capture_redirect(shared, response.headers_mut())).await {
-        Ok(()) => response.map(PkceBody::new),
+        Ok(false) => response.map(PkceBody::new),
+        Ok(true) => {
+            // The body of a redirect may repeat its target, handle and all ("You are being
+            // redirected", as Rails writes): the client never sees a handle, so it goes.
+            let headers = response.headers_mut();
+            headers.remove(header::CONTENT_TYPE);
+            headers.remove(header::CONTENT_ENCODING);
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+            response.map(|_| PkceBody::full(Bytes::new()))
+        }
         Err(reason) => respond(error::html(reason)),
     }
 }
 
-async fn capture_redirect(shared: &Shared, headers: &mut HeaderMap) -> Result<(), Reason> {
+/// Binds the code (or releases the flow) of a redirect whose `Location` carries one of the
+/// layer's handles, and puts the client's own state back there. `Ok(true)` when the
+/// `Location` was rewritten.
+async fn capture_redirect(shared: &Shared, headers: &mut HeaderMap) -> Result<bool, Reason> {
     let Some(location) = headers.get(header::LOCATION).and_then(|l| l.to_str().ok()) else {
-        return Ok(());
+        return Ok(false);
     };
     let Some(capture) = redirect::capture(location) else {
-        return Ok(());
+        return Ok(false);
     };
     let settled = settle_flow(
         shared,
@@ -1108,13 +1122,13 @@ async fn capture_redirect(shared: &Shared, headers: &mut HeaderMap) -> Result<()
     )
     .await?;
     let Some(flow) = settled else {
-        return Ok(());
+        return Ok(false);
     };
     let restored = redirect::restore_state(location, &capture, flow.state());
     match HeaderValue::from_maybe_shared(Bytes::from(restored)) {
         Ok(value) => {
             headers.insert(header::LOCATION, value);
-            Ok(())
+            Ok(true)
         }
         Err(_) => Err(Reason::StoreUnavailable),
     }
