@@ -8,7 +8,7 @@ use tower_layer::Layer;
 use crate::metrics::Metrics;
 use http::HeaderName;
 
-use crate::oauth::path::EndpointPath;
+use crate::oauth::path::{self, EndpointPath};
 use crate::oauth::token;
 use crate::service::Pkce;
 use crate::store::{ChallengeStore, LayerStore, MemoryStore};
@@ -55,6 +55,8 @@ pub(crate) struct Config {
     pub(crate) token_query_params: Vec<Box<str>>,
     /// Headers forwarded to the token endpoint besides the ones it always gets.
     pub(crate) token_forward_headers: Vec<HeaderName>,
+    /// Normalized paths under an endpoint's path that are routes of their own upstream.
+    pub(crate) other_routes: Vec<Box<str>>,
 }
 
 impl Config {
@@ -194,6 +196,7 @@ impl PkceLayer {
                     redirect_uris: HashMap::new(),
                     token_query_params: Vec::new(),
                     token_forward_headers: Vec::new(),
+                    other_routes: Vec::new(),
                 },
                 store: LayerStore::Memory(MemoryStore::new()),
                 metrics: Arc::new(Metrics::default()),
@@ -256,6 +259,25 @@ impl PkceLayer {
                 c.token_query_params.push(name);
             }
         }))
+    }
+
+    /// A path under an endpoint's path that the upstream routes elsewhere (Doorkeeper's
+    /// `/oauth/token/info`, a token information endpoint): passed through like any other
+    /// request, where every other path that goes on past an endpoint's is refused as a
+    /// lookalike. Matched after the same normalization as the endpoint paths. Repeatable.
+    ///
+    /// # Security
+    ///
+    /// Only for a server that routes the path to something other than the endpoint: on one
+    /// that runs the endpoint for it (PHP's `/token.php/info`, a prefix router), requests to
+    /// it reach the endpoint unchecked.
+    pub fn other_route(self, path: impl AsRef<str>) -> Self {
+        let path = path::normalize(path.as_ref()).into_boxed_str();
+        self.config(|c| {
+            if !c.other_routes.contains(&path) {
+                c.other_routes.push(path);
+            }
+        })
     }
 
     /// A request header forwarded to the token endpoint besides the ones it always gets (see
@@ -382,6 +404,7 @@ impl fmt::Debug for PkceLayer {
             .field("max_body_bytes", &c.max_body_bytes)
             .field("token_query_params", &c.token_query_params)
             .field("token_forward_headers", &c.token_forward_headers)
+            .field("other_routes", &c.other_routes)
             .finish_non_exhaustive()
     }
 }

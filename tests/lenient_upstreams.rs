@@ -402,3 +402,30 @@ async fn the_upstream_gets_the_token_request_rebuilt() {
     }
     assert!(lenient.last_token.lock().unwrap().is_none());
 }
+
+/// A path under the token path is refused as a lookalike, unless the operator names it as a
+/// route of its own (`--other-route`): then it passes through, untouched.
+#[tokio::test]
+async fn paths_under_an_endpoint_are_refused_unless_named_as_other_routes() {
+    let lenient = Lenient::default();
+    let addr = lenient.start().await;
+    let get = |target: &str| {
+        format!("GET {target} HTTP/1.1\r\nHost: as.example\r\nConnection: close\r\n\r\n")
+    };
+    let strict = Proxy::start(addr, &[]).await;
+    let with_route = Proxy::start(addr, &["--other-route", "/token/info"]).await;
+    for target in [
+        "/token/info",
+        "/Token/Info/",
+        "/token.php/info",
+        "/to%E2%84%AAen/info",
+    ] {
+        assert_eq!(send_raw(strict.addr, get(target)).await, 400, "{target}");
+    }
+    // The lenient server answers 404 for what is not its token endpoint: it was reached.
+    assert_eq!(send_raw(with_route.addr, get("/token/info")).await, 404);
+    assert_eq!(send_raw(with_route.addr, get("/Token/Info/")).await, 404);
+    // Other paths under the endpoint stay refused.
+    assert_eq!(send_raw(with_route.addr, get("/token/x")).await, 400);
+    assert!(lenient.last_token.lock().unwrap().is_none());
+}

@@ -195,6 +195,9 @@ pub struct Config {
     /// Request headers forwarded to the token endpoint besides the ones it always gets; see
     /// [`PkceLayer::token_forward_header`].
     pub token_forward_headers: Vec<String>,
+    /// Paths under an endpoint's path that the upstream routes elsewhere; see
+    /// [`PkceLayer::other_route`].
+    pub other_routes: Vec<String>,
     /// A PEM file of CA certificates to trust for an `https` upstream, in addition to the
     /// system's and the webpki roots.
     pub upstream_ca: Option<PathBuf>,
@@ -245,6 +248,7 @@ impl Config {
             trust_forwarded: false,
             token_query_params: Vec::new(),
             token_forward_headers: Vec::new(),
+            other_routes: Vec::new(),
             upstream_ca: None,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(10),
@@ -323,6 +327,9 @@ impl Config {
             })?;
             layer = layer.token_forward_header(header);
         }
+        for route in &self.other_routes {
+            layer = layer.other_route(route);
+        }
         layer = match &store {
             super::Store::Memory(memory) => layer.with_store(memory.clone()),
             #[cfg(feature = "redis")]
@@ -349,7 +356,7 @@ impl Config {
             let items: Vec<String> = items.iter().map(|i| quoted(i)).collect();
             format!("[{}]", items.join(", "))
         };
-        let lines: [(&str, String); 28] = [
+        let lines: [(&str, String); 29] = [
             ("upstream", quoted(&self.upstream.to_string())),
             ("listen", quoted(&self.listen.to_string())),
             (
@@ -374,6 +381,7 @@ impl Config {
             ("trust_forwarded", self.trust_forwarded.to_string()),
             ("token_query_params", list(&self.token_query_params)),
             ("token_forward_headers", list(&self.token_forward_headers)),
+            ("other_routes", list(&self.other_routes)),
             (
                 "upstream_ca",
                 quoted(
@@ -548,6 +556,16 @@ struct Args {
         value_delimiter = ','
     )]
     token_forward_headers: Vec<String>,
+    /// A path under an endpoint's path that the upstream routes elsewhere, e.g. Doorkeeper's
+    /// `/oauth/token/info`: passed through, where other such paths are refused (repeatable;
+    /// comma-separated in the environment).
+    #[arg(
+        long = "other-route",
+        env = "PKCE_PROXY_OTHER_ROUTE",
+        value_name = "PATH",
+        value_delimiter = ','
+    )]
+    other_routes: Vec<String>,
     /// Accept `plain` challenges [default: false].
     #[arg(long, env = "PKCE_PROXY_ALLOW_PLAIN", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     allow_plain: Option<bool>,
@@ -639,6 +657,8 @@ struct FileConfig {
     token_query_params: Vec<String>,
     #[serde(default)]
     token_forward_headers: Vec<String>,
+    #[serde(default)]
+    other_routes: Vec<String>,
     allow_plain: Option<bool>,
     mode: Option<String>,
     pending_ttl: Option<String>,
@@ -746,6 +766,14 @@ fn merge(args: Args, file: FileConfig) -> Result<Config, ConfigError> {
     } else {
         args.token_forward_headers
     };
+    config.other_routes = if args.other_routes.is_empty() {
+        file.other_routes
+    } else {
+        args.other_routes
+    };
+    for route in &mut config.other_routes {
+        *route = parse_path("other-route", route.trim().to_owned())?;
+    }
     // Checked here, so a bad name is a configuration error before anything starts.
     for name in &mut config.token_query_params {
         *name = name.trim().to_owned();
@@ -1036,6 +1064,52 @@ mod tests {
         let args = Args::try_parse_from(argv).map_err(ConfigError::from_clap)?;
         let file = FileConfig::parse(file).map_err(ConfigError::new)?;
         merge(args, file)
+    }
+
+    #[test]
+    fn token_forwarding_settings_are_checked_and_reach_the_layer() {
+        let up = ["--upstream", "http://127.0.0.1:9"];
+        let with = |extra: &[&str]| parse(&[&up[..], extra].concat(), "");
+        let c = with(&[
+            "--token-query-param",
+            "api-version",
+            "--token-forward-header",
+            "DPoP",
+            "--other-route",
+            "/oauth/token/info",
+        ])
+        .unwrap();
+        assert_eq!(c.token_query_params, ["api-version"]);
+        assert_eq!(c.token_forward_headers, ["DPoP"]);
+        assert_eq!(c.other_routes, ["/oauth/token/info"]);
+        let layer = c.layer().unwrap();
+        let config = &layer.shared.config;
+        assert_eq!(
+            config.token_forward_headers,
+            [http::HeaderName::from_static("dpop")]
+        );
+        assert_eq!(&*config.other_routes[0], "/oauth/token/info");
+        // OAuth names (or their lookalikes) are never read from the query; bad names and
+        // paths are configuration errors.
+        for bad in [
+            &["--token-query-param", "code"][..],
+            &["--token-query-param", "Client.Id"],
+            &["--token-query-param", "a b"],
+            &["--token-forward-header", "bad header"],
+            &["--other-route", "oauth/token/info"],
+        ] {
+            assert!(with(bad).is_err(), "{bad:?}");
+        }
+        let file = "upstream = \"http://127.0.0.1:9\"\ntoken_query_params = [\"api-version\"]\nother_routes = [\"/t/x\"]\n";
+        let c = parse(&[], file).unwrap();
+        assert_eq!(c.token_query_params, ["api-version"]);
+        assert_eq!(c.other_routes, ["/t/x"]);
+        let printed = c.render();
+        assert!(
+            printed.contains("token_query_params = [\"api-version\"]"),
+            "{printed}"
+        );
+        assert_eq!(parse(&[], &printed).unwrap().other_routes, ["/t/x"]);
     }
 
     #[test]

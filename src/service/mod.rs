@@ -115,7 +115,13 @@ pub(crate) fn classify(shared: &Shared, path: &str) -> Endpoint {
         lookalike = lookalike || prepared.looks_like(target);
     }
     if lookalike {
-        Endpoint::Lookalike
+        // Rare: only a path that goes on past an endpoint's is normalized here.
+        let normalized = path::normalize(path);
+        if config.other_routes.iter().any(|r| **r == *normalized) {
+            Endpoint::Other
+        } else {
+            Endpoint::Lookalike
+        }
     } else if path.contains('%')
         || path
             .as_bytes()

@@ -9,7 +9,7 @@ require "puma"
 require "puma/server"
 
 events = Puma::Events.new($stderr, $stderr)
-server = Puma::Server.new(Rails.application, events, min_threads: 0, max_threads: 8)
+server = Puma::Server.new(Rails.application, events, min_threads: 2, max_threads: 8)
 server.add_tcp_listener("127.0.0.1", port)
 bound = server.connected_ports.first
 %w[TERM INT].each { |sig| Signal.trap(sig) { Thread.new { server.stop(true) } } }

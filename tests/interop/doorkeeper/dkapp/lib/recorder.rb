@@ -2,8 +2,9 @@
 # controllers read. One JSON object a line in $DK_REQUEST_LOG (nothing if unset):
 #   {"kind":"http", "method", "path", "query", "status"}           every request (outermost Rack)
 #   {"kind":"action", "controller", "action", "method", "original_method", "path", "status",
-#    "code", "grant_type", "client_id", "has_verifier", "keys"}      every controller action, with
-#    the parameters as Rails parsed them (unfiltered: this log is the test's ground truth)
+#    "code", "grant_type", "client_id", "state", "challenge", "has_verifier", "keys"}
+#                                    every controller action, with the parameters as Rails parsed
+#                                    them (unfiltered: this log is the test's ground truth)
 require "json"
 
 module Recorder
@@ -44,7 +45,8 @@ module Recorder
       method: payload[:method], original_method: env["rack.methodoverride.original_method"],
       path: payload[:path], status: payload[:status],
       code: scalar(params["code"]), grant_type: scalar(params["grant_type"]),
-      client_id: scalar(params["client_id"]), has_verifier: params["code_verifier"].present?,
+      client_id: scalar(params["client_id"]), state: scalar(params["state"]),
+      challenge: scalar(params["code_challenge"]), has_verifier: params["code_verifier"].present?,
       keys: params.keys - %w[controller action],
     )
   end
