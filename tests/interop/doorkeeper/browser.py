@@ -299,7 +299,8 @@ def handle_in_history(b, proxy):
 def around(text, handle, n=70):
     """Where the handle sits in a text, the handle itself shown as <HANDLE>."""
     i = text.find(handle)
-    return " ".join(text[max(0, i - n):i + len(handle) + 20].replace(handle, "<HANDLE>").split())
+    part = text[max(0, i - n):i + len(handle) + 20].replace(handle, "<HANDLE>")
+    return " ".join(re.sub(r"code=[^&\"]+", "code=…", part).split())
 
 
 def leaks(b, handle, proxy):
@@ -387,8 +388,24 @@ def steps(click, state, through_proxy):
     return names + ([S_LEAK] if through_proxy else [])
 
 
-def authorize_steps(flow, ctx, base, through_proxy, state, challenge, click="Authorize", client=PUBLIC):
-    """The browser part of a flow, step by step. Returns (browser, callback URL, handle)."""
+def strip_challenge(form, how):
+    """The consent form as a template that predates PKCE would write it: without the challenge
+    fields ("absent"), or with them empty ("empty")."""
+    inputs = []
+    for i in form["inputs"]:
+        if i.get("name") in ("code_challenge", "code_challenge_method"):
+            if how == "absent":
+                continue
+            i = {**i, "value": ""}
+        inputs.append(i)
+    return {**form, "inputs": inputs}
+
+
+def authorize_steps(flow, ctx, base, through_proxy, state, challenge, click="Authorize", client=PUBLIC,
+                    consent_challenge=None):
+    """The browser part of a flow, step by step. Returns (browser, callback URL, handle, consent
+    page URL, consent form). consent_challenge="absent"/"empty" changes the consent form's
+    challenge fields before it is posted (a pre-PKCE consent template)."""
     b = Browser()
     params = {"response_type": "code", "client_id": client, "redirect_uri": CALLBACK, "scope": "read"}
     if state is not None:
@@ -433,8 +450,11 @@ def authorize_steps(flow, ctx, base, through_proxy, state, challenge, click="Aut
     flow.check(names[2], h.get("state") == (seen[0] if seen else "") and bool(h.get("authenticity_token")),
                f"200, form POST {form['attrs'].get('action')}; hidden state = "
                f"{'the handle' if through_proxy else 'S'}; code_challenge field: {cc}; "
-               f"fields: {', '.join(n for n in h if n != 'authenticity_token')}")
+               f"fields: {', '.join(n for n in h if n != 'authenticity_token')}"
+               + (f"; the browser posts it with the challenge fields {consent_challenge}" if consent_challenge else ""))
     consent_url = back
+    if consent_challenge:
+        form = strip_challenge(form, consent_challenge)
 
     r = b.submit(consent_url, form, click=click)
     final = urljoin(r.url, r.headers.get("Location", ""))
@@ -500,8 +520,7 @@ def proxy_token_checks(flow, ctx, code, verifier):
         r, j = token(ctx.proxy, code, v)
         reached = ctx.up.token_hits() - before
         ok = r.status_code == 400 and j.get("error") == "invalid_grant" and not reached
-        flow.record(name, ok, f"{r.status_code} {j.get('error')}: {j.get('error_description', '')!r}; "
-                    f"token requests reaching Doorkeeper: {reached}{note}" if j else describe(r))
+        flow.record(name, ok, f"{tok_desc(r, j)}; token requests reaching Doorkeeper: {reached}{note}")
 
     refused(TOKEN_STEPS[0], secret(b64url(secrets.token_bytes(48))), f"; {stored}")
     refused(TOKEN_STEPS[1], None)
@@ -515,10 +534,11 @@ def proxy_token_checks(flow, ctx, code, verifier):
     refused(TOKEN_STEPS[3], verifier)
 
 
-def proxy_flow(flow, ctx, state, click="Authorize", resubmit=False):
+def proxy_flow(flow, ctx, state, click="Authorize", resubmit=False, consent_challenge=None):
     verifier, challenge = pkce_pair()
     secret(state)
-    b, final, handle, consent_url, _ = authorize_steps(flow, ctx, ctx.proxy, True, state, challenge, click)
+    b, final, handle, consent_url, _ = authorize_steps(flow, ctx, ctx.proxy, True, state, challenge, click,
+                                                       consent_challenge=consent_challenge)
     secret(handle)
     if click != "Authorize":
         return
@@ -786,6 +806,13 @@ def main():
     run(Flow(f"{p} no state", steps("Authorize", None, True) + TOKEN_STEPS), proxy_flow, ctx, None)
     run(Flow(f"{p} state {RESERVED_STATE!r}", steps("Authorize", RESERVED_STATE, True) + TOKEN_STEPS),
         proxy_flow, ctx, RESERVED_STATE)
+    for how in ("absent", "empty"):
+        # Doorkeeper 5.5's stock form repeats the challenge; older templates did not.
+        run(Flow(f"{p} allow, consent form with the challenge fields {how} (pre-PKCE template)",
+                 steps("Authorize", "S", True) + TOKEN_STEPS), proxy_flow, ctx,
+            "S-" + secrets.token_urlsafe(12), "Authorize", False, how)
+        run(Flow(f"{p} deny, consent form with the challenge fields {how} (pre-PKCE template)",
+                 steps("Deny", "S", True)), proxy_flow, ctx, "S-" + secrets.token_urlsafe(12), "Deny", False, how)
     check(f"{p}: authorize without code_challenge refused (400, no redirect)", authorize_without_challenge, ctx)
 
     run(Flow("Authlib OAuth2Session (public, S256)", [

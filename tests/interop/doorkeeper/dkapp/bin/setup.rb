@@ -21,5 +21,5 @@ Doorkeeper::Application.create!(name: "Public app", uid: "dk-public", secret: "u
 Doorkeeper::Application.create!(name: "Confidential app", uid: "dk-conf", secret: "dk-conf-secret",
                                 redirect_uri: opts[:redirect_uri], scopes: "read", confidential: true)
 columns = Doorkeeper::AccessGrant.column_names
-puts "mode #{opts[:mode]}: oauth_access_grants has code_challenge: #{columns.include?("code_challenge")}; " \
+$stderr.puts "mode #{opts[:mode]}: oauth_access_grants has code_challenge: #{columns.include?("code_challenge")}; " \
      "pkce_supported?=#{Doorkeeper::AccessGrant.pkce_supported?}"
