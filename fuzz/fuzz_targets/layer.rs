@@ -604,27 +604,28 @@ fn trim_segments(s: &str) -> String {
     segments.join("/")
 }
 
-/// The spellings of a path one step of some router's reading away.
-fn steps(s: &str, script_names: &[String]) -> Vec<String> {
+/// The spellings of a path one step of some router's reading away, each with that step.
+fn steps(s: &str, script_names: &[String]) -> Vec<(&'static str, String)> {
     let mut next = vec![
-        decode_once(s),
-        fold_case(s),
-        compatibility(s),
-        drop_params(s),
-        remove_dots(s),
-        s.replace('\\', "/"),
-        collapse_slashes(s),
-        cut(s),
-        trim_segments(s),
+        ("decoded", decode_once(s)),
+        ("case-folded", fold_case(s)),
+        ("NFKC", compatibility(s)),
+        ("`;` parameters dropped", drop_params(s)),
+        ("dot segments resolved", remove_dots(s)),
+        ("`\\` read as `/`", s.replace('\\', "/")),
+        ("slashes collapsed", collapse_slashes(s)),
+        ("cut at NUL, `?` or `#`", cut(s)),
+        ("segments trimmed", trim_segments(s)),
     ];
     // gunicorn before 22: `PATH_INFO = path.split(SCRIPT_NAME, 1)[1]`.
     for name in script_names {
         if let Some((_, rest)) = s.split_once(name.as_str()) {
-            next.push(if rest.starts_with('/') {
+            let rest = if rest.starts_with('/') {
                 rest.to_owned()
             } else {
                 format!("/{rest}")
-            });
+            };
+            next.push(("SCRIPT_NAME cut", rest));
         }
     }
     next
@@ -637,8 +638,23 @@ fn routes_to(s: &str, endpoint: &str) -> bool {
         .is_some_and(|rest| rest.is_empty() || rest.starts_with(['/', '.']))
 }
 
+/// How a path was read: where it came from and each step, ending with the spelling.
+fn trail(parents: &HashMap<String, (Option<String>, &'static str)>, s: &str) -> String {
+    let mut steps = Vec::new();
+    let mut at = Some(s.to_owned());
+    while let Some(here) = at {
+        let Some((parent, how)) = parents.get(&here) else {
+            break;
+        };
+        steps.push(format!("{how} {here:?}"));
+        at = parent.clone();
+    }
+    steps.reverse();
+    steps.join(", ")
+}
+
 /// For the token and the authorize endpoint, a reading of the request's path (or of a routing
-/// header) that some router runs it for, if any.
+/// header) that some router runs it for, if any, described step by step.
 fn route(path: &str, headers: &HeaderMap) -> (Option<String>, Option<String>) {
     let script_names: Vec<String> = headers
         .get_all("script_name")
@@ -648,36 +664,43 @@ fn route(path: &str, headers: &HeaderMap) -> (Option<String>, Option<String>) {
         .map(str::to_owned)
         .collect();
     let mut queue: VecDeque<String> = VecDeque::new();
-    let mut seen: HashSet<String> = HashSet::new();
-    let mut starts = vec![path.to_owned()];
-    for name in ["x-original-url", "x-rewrite-url"] {
+    // Every spelling reached, with the one it came from and how.
+    let mut parents: HashMap<String, (Option<String>, &'static str)> = HashMap::new();
+    let mut starts = vec![("the path", path.to_owned())];
+    for (name, label) in [
+        ("x-original-url", "the X-Original-URL header"),
+        ("x-rewrite-url", "the X-Rewrite-URL header"),
+    ] {
         for value in headers.get_all(name) {
             if let Ok(url) = value.to_str() {
-                starts.push(url.split(['?', '#']).next().unwrap_or_default().to_owned());
+                let url = url.split(['?', '#']).next().unwrap_or_default().to_owned();
+                starts.push((label, url));
             }
         }
     }
-    for start in starts {
-        if seen.insert(start.clone()) {
+    for (label, start) in starts {
+        if !parents.contains_key(&start) {
+            parents.insert(start.clone(), (None, label));
             queue.push_back(start);
         }
     }
     let (mut token, mut authorize) = (None, None);
     while let Some(s) = queue.pop_front() {
         if token.is_none() && routes_to(&s, TOKEN) {
-            token = Some(s.clone());
+            token = Some(trail(&parents, &s));
         }
         if authorize.is_none() && routes_to(&s, AUTHORIZE) {
-            authorize = Some(s.clone());
+            authorize = Some(trail(&parents, &s));
         }
         if token.is_some() && authorize.is_some() {
             break;
         }
-        for next in steps(&s, &script_names) {
-            if seen.len() >= PATH_STATES {
+        for (how, next) in steps(&s, &script_names) {
+            if parents.len() >= PATH_STATES {
                 break;
             }
-            if seen.insert(next.clone()) {
+            if !parents.contains_key(&next) {
+                parents.insert(next.clone(), (Some(s.clone()), how));
                 queue.push_back(next);
             }
         }
@@ -794,7 +817,7 @@ fn token_endpoint(
                             let server = || {
                                 format!(
                                     "reading {label:?}, the body as {body_as}, from {sources:?}, \
-                                     the {} code and the {} verifier, path read as {route:?}",
+                                     the {} code and the {} verifier; routed to the token endpoint from {route}",
                                     if code_last { "last" } else { "first" },
                                     if verifier_last { "last" } else { "first" },
                                 )
