@@ -21,7 +21,7 @@ use serde_json::Value;
 
 use crate::oauth::authorize::{self, AuthorizeParams, Part};
 use crate::oauth::token::{self, TokenParams};
-use crate::oauth::{form_post, json, metadata, params, path, redirect};
+use crate::oauth::{form, form_post, json, metadata, params, path, redirect};
 
 /// A handle of the shape the layer mints.
 const HANDLE: &str = "AAAAAAAAAAAAAAAAAAAAAA";
@@ -123,7 +123,7 @@ fn check_token(parsed: &TokenParams<'_>) {
 }
 
 // The token endpoint's positive model (DESIGN.md, "Forward only what was verified"): the
-// upstream gets `TokenParams::forward` and `token::forward_query`'s output, never what the
+// upstream gets `TokenParams::forward` and `form::forward_query`'s output, never what the
 // client sent. So the property is about those: however a lenient upstream reads them, it finds
 // the decision parameters the layer read, and no other copy of them.
 
@@ -403,7 +403,7 @@ fn folds_to_code_grant(grant: &[u8]) -> bool {
 fn allowed_names(input: &[u8]) -> Vec<Box<str>> {
     let mut allowed: Vec<Box<str>> = vec!["api-version".into(), "tenant".into()];
     for (name, _) in strict(input) {
-        if token::is_rfc_name(name.as_bytes()) && !token::is_oauth_name(&name) {
+        if form::is_rfc_name(name.as_bytes()) && !form::is_oauth_name(&name) {
             allowed.push(name.into());
         }
     }
@@ -416,7 +416,7 @@ fn allowed_names(input: &[u8]) -> Vec<Box<str>> {
 /// query string with every name in it allowed, the query forwarded holds no decision
 /// parameter under any reading in [`READINGS`].
 pub fn token_form(body: &[u8]) {
-    if let Ok(query) = token::forward_query(body, &allowed_names(body)) {
+    if let Ok(query) = form::forward_query(body, &allowed_names(body)) {
         for &reading in READINGS {
             reads_as(reading, &query, |_| None);
         }

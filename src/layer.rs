@@ -8,8 +8,8 @@ use tower_layer::Layer;
 use crate::metrics::Metrics;
 use http::HeaderName;
 
+use crate::oauth::form;
 use crate::oauth::path::{self, EndpointPath};
-use crate::oauth::token;
 use crate::service::Pkce;
 use crate::store::{ChallengeStore, LayerStore, MemoryStore};
 
@@ -250,7 +250,7 @@ impl PkceLayer {
     /// a token request (`code`, `Client.Id`): those are never read from the query.
     pub fn token_query_param(self, name: impl Into<String>) -> Result<Self, ConfigError> {
         let name = name.into();
-        if token::is_oauth_name(&name) || !token::is_rfc_name(name.as_bytes()) {
+        if form::is_oauth_name(&name) || !form::is_rfc_name(name.as_bytes()) {
             return Err(ConfigError::OAuthQueryParameter(name));
         }
         let name = name.into_boxed_str();

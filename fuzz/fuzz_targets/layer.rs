@@ -586,7 +586,10 @@ fn collapse_slashes(s: &str) -> String {
 /// Cut at a NUL (C servers), and at a `?` or `#` (servers that decode the whole target before
 /// they split it).
 fn cut(s: &str) -> String {
-    s.split(['\0', '?', '#']).next().unwrap_or_default().to_owned()
+    s.split(['\0', '?', '#'])
+        .next()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// Every segment trimmed of whitespace and controls (Spring), trailing dots and spaces dropped
@@ -783,8 +786,11 @@ fn token_endpoint(
                         .map(|(_, v)| v.as_slice())
                         .collect()
                 };
-                let (codes, verifiers, ids) =
-                    (copies(&code_key), copies(&verifier_key), copies(&client_key));
+                let (codes, verifiers, ids) = (
+                    copies(&code_key),
+                    copies(&verifier_key),
+                    copies(&client_key),
+                );
                 if codes.is_empty() {
                     continue;
                 }
@@ -924,7 +930,12 @@ async fn legacy(
             )
         });
     }
-    if parts.uri.path().to_ascii_lowercase().contains(".well-known") {
+    if parts
+        .uri
+        .path()
+        .to_ascii_lowercase()
+        .contains(".well-known")
+    {
         return Ok(reply(
             StatusCode::OK,
             None,

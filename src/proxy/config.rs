@@ -777,8 +777,8 @@ fn merge(args: Args, file: FileConfig) -> Result<Config, ConfigError> {
     // Checked here, so a bad name is a configuration error before anything starts.
     for name in &mut config.token_query_params {
         *name = name.trim().to_owned();
-        if crate::oauth::token::is_oauth_name(name)
-            || !crate::oauth::token::is_rfc_name(name.as_bytes())
+        if crate::oauth::form::is_oauth_name(name)
+            || !crate::oauth::form::is_rfc_name(name.as_bytes())
         {
             return Err(ConfigError::new(format!(
                 "invalid --token-query-param {name:?}: not an RFC 6749 name, or a token \

@@ -18,8 +18,8 @@ use crate::layer::{Mode, PkceLayer, Shared};
 use crate::metrics::{Outcome, Pass};
 use crate::oauth::authorize::{self, AuthorizeParams, Part};
 use crate::oauth::error::{self, Reason};
-use crate::oauth::token::{self as oauth_token, body_format, BodyFormat};
-use crate::oauth::{form_post, metadata, path, redirect};
+use crate::oauth::token::{body_format, BodyFormat};
+use crate::oauth::{form, form_post, metadata, path, redirect};
 use crate::store::{PendingFlow, StoreError, StoreKey};
 use crate::BoxError;
 
@@ -786,9 +786,9 @@ where
                 Some((Part::Body, span)) => Some(span),
                 _ => None,
             };
-            oauth_token::canonical_form(&authorize::put_state(&body, span, handle.as_str()))
+            form::canonical_form(&authorize::put_state(&body, span, handle.as_str()))
         }
-        _ => oauth_token::canonical_form(&body),
+        _ => form::canonical_form(&body),
     };
     let pushed = match pushed {
         Ok(pushed) => pushed,

@@ -21,6 +21,7 @@ use crate::body::PkceBody;
 use crate::layer::{Mode, Shared};
 use crate::metrics::{Outcome, Pass};
 use crate::oauth::error::{self, Reason};
+use crate::oauth::form;
 use crate::oauth::token::{self, BodyFormat};
 use crate::pkce::CodeVerifier;
 use crate::store::{CodeBinding, CodeState, StoreKey};
@@ -297,7 +298,7 @@ async fn check_token(
         return Err(plain(Reason::PostOnly));
     }
     let query = parts.uri.query().unwrap_or_default().as_bytes();
-    let query = token::forward_query(query, &shared.config.token_query_params).map_err(plain)?;
+    let query = form::forward_query(query, &shared.config.token_query_params).map_err(plain)?;
     if !plainly_framed(&parts.headers) {
         return Err(plain(Reason::UnsupportedContentType));
     }
