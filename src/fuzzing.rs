@@ -412,7 +412,7 @@ fn allowed_names(input: &[u8]) -> Vec<Box<str>> {
 
 /// A form-encoded token request body (and the same bytes as its query string).
 ///
-/// Parsing never panics, and a body the layer accepts holds to [`check_accepted`]. Read as a
+/// Parsing never panics, and a body the layer accepts holds to `check_accepted`. Read as a
 /// query string with every name in it allowed, the query forwarded holds no decision
 /// parameter under any reading in [`READINGS`].
 pub fn token_form(body: &[u8]) {
@@ -474,7 +474,7 @@ fn check_accepted(form: &[u8], parsed: &TokenParams<'_>) {
 }
 
 /// A JSON token request body: converted to a form holding exactly the object's scalar
-/// members, in order, which then parses like any form body, and holds to [`check_accepted`]
+/// members, in order, which then parses like any form body, and holds to `check_accepted`
 /// when the layer accepts it.
 pub fn token_json(body: &[u8]) {
     let Ok(form) = token::json_to_form(body) else {
