@@ -5,6 +5,7 @@ pub(crate) mod authorize;
 pub(crate) mod error;
 pub(crate) mod form;
 pub(crate) mod form_post;
+pub(crate) mod headers;
 pub(crate) mod json;
 pub(crate) mod metadata;
 pub(crate) mod params;

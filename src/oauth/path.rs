@@ -47,17 +47,32 @@ fn strip_suffix(path: &str) -> &str {
 /// no trailing slash, trailing spaces and a `.suffix` dropped from the last segment,
 /// ASCII-lowercased.
 pub(crate) fn normalize(path: &str) -> String {
+    read(path, true).0
+}
+
+/// Percent-decoding rounds a path gets: one that still decodes after them is taken as a
+/// trick (no client encodes a path this many times), a lookalike of every endpoint.
+const MAX_PATH_DECODES: usize = 8;
+
+/// [`normalize`], with `..` segments resolved or kept (a prefix router that does not resolve
+/// them runs `/token` for `/token/../x`), and whether the path still decodes further after
+/// [`MAX_PATH_DECODES`] rounds.
+fn read(path: &str, resolve_dots: bool) -> (String, bool) {
     let mut decoded: Cow<'_, str> = Cow::Borrowed(path);
-    for _ in 0..3 {
-        if !decoded.contains('%') {
+    let mut rounds = 0;
+    while decoded.contains('%') && rounds < MAX_PATH_DECODES {
+        let wide = decode_percent_u(&decoded);
+        let again = percent_encoding::percent_decode_str(&wide).decode_utf8_lossy();
+        if again == decoded {
             break;
         }
-        let wide = decode_percent_u(&decoded);
-        let again = percent_encoding::percent_decode_str(&wide)
-            .decode_utf8_lossy()
-            .into_owned();
-        decoded = Cow::Owned(again);
+        decoded = Cow::Owned(again.into_owned());
+        rounds += 1;
     }
+    let too_deep = rounds == MAX_PATH_DECODES && {
+        let wide = decode_percent_u(&decoded);
+        percent_encoding::percent_decode_str(&wide).decode_utf8_lossy() != decoded
+    };
     // Cut at a decoded NUL (C servers stop there) and at a decoded `?` or `#` (servers that
     // decode the whole target before splitting off the query read `/token%3Fx` as `/token`).
     if let Some(cut) = decoded.find(['\0', '?', '#']) {
@@ -77,7 +92,7 @@ pub(crate) fn normalize(path: &str) -> String {
             .trim_matches(|c: char| c.is_ascii_whitespace() || c.is_ascii_control());
         match segment {
             "" | "." => {}
-            ".." => {
+            ".." if resolve_dots => {
                 segments.pop();
             }
             s => segments.push(s),
@@ -98,7 +113,7 @@ pub(crate) fn normalize(path: &str) -> String {
         out.push('/');
     }
     out.make_ascii_lowercase();
-    out
+    (out, too_deep)
 }
 
 /// Decodes `%uXXXX` escapes (IIS and ASP.NET read `/%u0074oken` as `/token`); an escape that
@@ -214,16 +229,26 @@ impl EndpointPath {
 pub(crate) enum Prepared<'a> {
     /// A regular path, without its `.suffix`: compared case-insensitively.
     Regular(&'a str),
-    /// An irregular path, [`normalize`]d.
-    Normalized(String),
+    /// An irregular path, [`normalize`]d; and read again without resolving `..`, when it has
+    /// such a segment.
+    Normalized {
+        path: String,
+        unresolved: Option<String>,
+        too_deep: bool,
+    },
 }
 
 impl<'a> Prepared<'a> {
     pub(crate) fn new(path: &'a str) -> Self {
-        if is_irregular(path) {
-            Self::Normalized(normalize(path))
-        } else {
-            Self::Regular(strip_suffix(path))
+        if !is_irregular(path) {
+            return Self::Regular(strip_suffix(path));
+        }
+        let (normalized, too_deep) = read(path, true);
+        let (kept, _) = read(path, false);
+        Self::Normalized {
+            unresolved: (kept != normalized).then_some(kept),
+            path: normalized,
+            too_deep,
         }
     }
 
@@ -232,28 +257,43 @@ impl<'a> Prepared<'a> {
     pub(crate) fn is(&self, target: &str) -> bool {
         match self {
             Self::Regular(path) => path.eq_ignore_ascii_case(target),
-            Self::Normalized(path) => path == target,
+            Self::Normalized { path, .. } => path == target,
         }
     }
 
     /// Whether the path, not being the endpoint whose normalized path is `target`, could
-    /// still be routed to it by some server: it goes on past it (`/token/x`,
-    /// `/token.php/x`), or its non-ASCII characters fold onto it.
+    /// still be routed to it by some server: it goes on past it (`/token/x`, `/token.php/x`,
+    /// `/token/../x` to a router that does not resolve `..`), its non-ASCII characters fold
+    /// onto it, or it decodes further than any path is read.
     pub(crate) fn looks_like(&self, target: &str) -> bool {
         match self {
             // The `.suffix` a regular path was stripped of is only in its last segment, so
             // the whole path is where a suffix and more segments follow the endpoint's.
             Self::Regular(path) => extends(path, target),
-            Self::Normalized(path) if path.is_ascii() => extends(path, target),
-            Self::Normalized(path) => {
-                let ascii = ascii_reading(path);
-                ascii == target || extends(&ascii, target) || {
-                    // A folded last segment may carry a suffix again (`/to\u{212A}en.php`).
-                    strip_suffix(&ascii) == target
-                }
+            Self::Normalized {
+                path,
+                unresolved,
+                too_deep,
+            } => {
+                *too_deep
+                    || [Some(path), unresolved.as_ref()]
+                        .into_iter()
+                        .flatten()
+                        .any(|path| folds_onto(path, target))
             }
         }
     }
+}
+
+/// Whether a normalized `path` goes on past `target`, or its non-ASCII characters fold onto
+/// it.
+fn folds_onto(path: &str, target: &str) -> bool {
+    if path.is_ascii() {
+        return extends(path, target);
+    }
+    let ascii = ascii_reading(path);
+    // A folded last segment may carry a suffix again (`/to\u{212A}en.php`).
+    ascii == target || extends(&ascii, target) || strip_suffix(&ascii) == target
 }
 
 /// Whether the request path `path` names the endpoint whose [`normalize`]d path is `target`.

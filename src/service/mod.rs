@@ -185,6 +185,9 @@ impl<S> Pkce<S> {
         ResBody::Error: Into<BoxError>,
     {
         let shared = &self.layer.shared;
+        // Whatever the endpoint: a server routing by one of these would not go by the path
+        // the request was classified by.
+        crate::oauth::headers::drop_routing(req.headers_mut());
         match endpoint {
             Endpoint::Other => ResponseFuture::inner(
                 self.inner.call(req.map(PkceBody::new)),
