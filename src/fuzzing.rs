@@ -154,6 +154,10 @@ pub const READINGS: &[(&str, Reading)] = &[
     ("decoded to a fixed point, then names in any case", |form| {
         decoded_fully_then(form, |name| fold_case(&lossy(name)))
     }),
+    (
+        "decoded to a fixed point, then parsed as a form again (PHP names)",
+        |form| decoded_fully_then(form, |name| php_name(&form_decode(name))),
+    ),
 ];
 
 /// (i) A server that decodes the whole form until nothing changes (`+` once, `%XX` and
@@ -773,6 +777,18 @@ mod tests {
                 "decoded to a fixed point, then names",
                 "x=%26cl%C4%B1ent_id%3Dv",
                 "client_id",
+                "v",
+            ),
+            (
+                "decoded to a fixed point, then parsed",
+                "x=%26%2Bcode%3Dv",
+                "code",
+                "v",
+            ),
+            (
+                "decoded to a fixed point, then parsed",
+                "x=%26grant%2Btype%3Dv",
+                "grant_type",
                 "v",
             ),
         ];

@@ -264,7 +264,9 @@ impl PkceLayer {
     /// A path under an endpoint's path that the upstream routes elsewhere (Doorkeeper's
     /// `/oauth/token/info`, a token information endpoint): passed through like any other
     /// request, where every other path that goes on past an endpoint's is refused as a
-    /// lookalike. Matched after the same normalization as the endpoint paths. Repeatable.
+    /// lookalike. Matched only when the request spells it plainly (ASCII case aside): no
+    /// escapes, `;` parameters, dot segments, repeated or trailing slashes, which a router
+    /// stripping less than the layer could still take for the endpoint. Repeatable.
     ///
     /// # Security
     ///

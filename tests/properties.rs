@@ -118,6 +118,8 @@ mod fuzz_model {
         "%2526grant%255Btype%253Dauthorization_code",
         "%2526%2525u0063ode%253Dvictim",
         "%252526code%25253Dvictim",
+        "%26%2Bcode%3Dvictim",
+        "%26grant%2Btype%3Dauthorization_code",
         "%26code%2500%3D",
         "100%25",
         "%u0063",

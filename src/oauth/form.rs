@@ -152,22 +152,29 @@ fn decoded_fully(form: &[u8]) -> Option<String> {
 /// The names a lenient server may read `name` as: qs's and Rack's (leading brackets dropped,
 /// cut at the next one: `[code]`, `code[]`), and PHP's (cut at a NUL, leading spaces dropped,
 /// a closed `[...]` suffix dropped, an unclosed `[`, `.` and space read as `_`), each under
-/// Unicode compatibility and case folding.
-fn lax_names(name: &str) -> [String; 2] {
-    let qs = name.trim_start_matches(['[', ']']);
-    let qs = qs.split(['[', ']']).next().unwrap_or_default();
-    let php = name.split('\0').next().unwrap_or_default().trim_start();
-    let php = match php.find('[') {
-        Some(open) if php.get(open..).is_some_and(|rest| rest.contains(']')) => {
-            php.get(..open).unwrap_or_default()
-        }
-        _ => php,
-    };
-    let php = php.replace(['[', '.', ' '], "_");
-    [
-        super::path::ascii_reading(qs),
-        super::path::ascii_reading(&php),
-    ]
+/// Unicode compatibility and case folding; and each again with `+` read as a space, as a
+/// server that decodes the whole form and then parses it as a form again reads it
+/// (`parse_str(urldecode($body))`: `%2Bcode` is ` code`, then `code`; found in review).
+fn lax_names(name: &str) -> [String; 4] {
+    fn both(name: &str) -> [String; 2] {
+        let qs = name.trim_start_matches(['[', ']']);
+        let qs = qs.split(['[', ']']).next().unwrap_or_default();
+        let php = name.split('\0').next().unwrap_or_default().trim_start();
+        let php = match php.find('[') {
+            Some(open) if php.get(open..).is_some_and(|rest| rest.contains(']')) => {
+                php.get(..open).unwrap_or_default()
+            }
+            _ => php,
+        };
+        let php = php.replace(['[', '.', ' '], "_");
+        [
+            super::path::ascii_reading(qs),
+            super::path::ascii_reading(&php),
+        ]
+    }
+    let [qs, php] = both(name);
+    let [qs_spaced, php_spaced] = both(&name.replace('+', " "));
+    [qs, php, qs_spaced, php_spaced]
 }
 
 /// Whether a server that percent-decodes a whole form before splitting it (on `&` and `;`),
@@ -176,6 +183,15 @@ fn lax_names(name: &str) -> [String; 2] {
 /// `code` to it, and so would `%2526%255Bcode%255D%253D` to one that decodes twice.
 pub(crate) fn decoded_whole_agrees<'v>(
     form: &[u8],
+    ours: impl Fn(&str) -> Option<&'v [u8]>,
+) -> bool {
+    decoded_whole_agrees_on(form, &DECISION_NAMES, ours)
+}
+
+/// [`decoded_whole_agrees`] for the parameters `names`.
+fn decoded_whole_agrees_on<'v>(
+    form: &[u8],
+    names: &[&str],
     ours: impl Fn(&str) -> Option<&'v [u8]>,
 ) -> bool {
     // Only an escaped `&`, `;` or `=`, or an escaped `%` (which may hide one), can split the
@@ -194,12 +210,12 @@ pub(crate) fn decoded_whole_agrees<'v>(
     let Some(decoded) = decoded_fully(form) else {
         return false;
     };
-    let mut found = [0usize; DECISION_NAMES.len()];
+    let mut found = [0usize; 16];
     for pair in decoded.split(['&', ';']) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let names = lax_names(name);
-        for (i, known) in DECISION_NAMES.iter().enumerate() {
-            if names
+        let read_as = lax_names(name);
+        for (i, known) in names.iter().enumerate() {
+            if read_as
                 .iter()
                 .any(|n| read_alike(n.as_bytes(), known.as_bytes()))
             {
@@ -287,8 +303,24 @@ pub(crate) fn encode<'p>(
 /// values ([`read_checked`]) and encoded afresh: what is forwarded is what was read.
 pub(crate) fn canonical_form(body: &[u8]) -> Result<Vec<u8>, Reason> {
     let list = read_checked(body)?;
-    Ok(encode(body, &list, |_| None))
+    let form = encode(body, &list, |_| None);
+    if !decoded_whole_agrees_on(&form, &PUSHED_NAMES, |name| params::value(&list, name)) {
+        return Err(Reason::MalformedParameter);
+    }
+    Ok(form)
 }
+
+/// The parameters of a pushed authorization request the layer records or checks.
+const PUSHED_NAMES: [&str; 8] = [
+    "client_id",
+    "redirect_uri",
+    "state",
+    "response_type",
+    "code_challenge",
+    "code_challenge_method",
+    "request",
+    "request_uri",
+];
 
 #[cfg(test)]
 mod tests {
@@ -307,6 +339,10 @@ mod tests {
             ("api-version=1%26code%3Dx", Err(Reason::ParametersInQuery)),
             (
                 "api-version=1%2526code%253Dvictim",
+                Err(Reason::ParametersInQuery),
+            ),
+            (
+                "api-version=1%26%2Bcode%3Dx",
                 Err(Reason::ParametersInQuery),
             ),
             // A literal `%` in a value is fine when nothing hides behind it.
@@ -333,6 +369,26 @@ mod tests {
             forward_query(b"api-version=1", &[]),
             Err(Reason::ParametersInQuery)
         );
+    }
+
+    /// A pushed request is held to the whole-decoding reading too, on the parameters the
+    /// layer records (found in review).
+    #[test]
+    fn pushed_forms_are_read_whole_too() {
+        assert!(canonical_form(b"client_id=a&state=s&x=1").is_ok());
+        assert!(canonical_form(b"client_id=a&redirect_uri=https%3A%2F%2Fa%2Fcb%3Fx%3D1").is_ok());
+        for body in [
+            &b"client_id=a&state=s&x=%26state%3Dother"[..],
+            b"client_id=a&x=%26client_id%3Db",
+            b"client_id=a&x=%26%2Bredirect_uri%3Dhttps%3A%2F%2Fevil",
+        ] {
+            assert_eq!(
+                canonical_form(body),
+                Err(Reason::MalformedParameter),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
     }
 
     /// What the exact-name shortcut of `read_checked` relies on.

@@ -412,6 +412,16 @@ mod tests {
                 b"grant_type=authorization_code&code=mine&client_id=app&x=%26cl%C4%B1ent_id%3Devil",
                 Reason::MalformedParameter,
             ),
+            // `%2B` is a space to a server that decodes the whole body and parses it again
+            // (found in review): `grant+type` is `grant_type` and `+code` is `code` to PHP.
+            (
+                b"grant_type=refresh_token&refresh_token=r%26grant%2Btype%3Dauthorization_code%26%2Bcode%3Dvictim",
+                Reason::MalformedParameter,
+            ),
+            (
+                b"grant_type=authorization_code&code=mine&client_id=app&x=%26%2Bcode%3Dvictim",
+                Reason::MalformedParameter,
+            ),
             // Encoded more times than any client would.
             (
                 b"grant_type=client_credentials&x=%2525252525252525252525252541",

@@ -115,9 +115,17 @@ pub(crate) fn classify(shared: &Shared, path: &str) -> Endpoint {
         lookalike = lookalike || prepared.looks_like(target);
     }
     if lookalike {
-        // Rare: only a path that goes on past an endpoint's is normalized here.
-        let normalized = path::normalize(path);
-        if config.other_routes.iter().any(|r| **r == *normalized) {
+        // An operator's route under an endpoint's path passes only when spelled plainly
+        // (a regular path, any case): `/token//info` or `/token;x/info` may be the endpoint
+        // to a router that merges or strips less than normalization does (found in review).
+        let named = match prepared {
+            path::Prepared::Regular(regular) => config
+                .other_routes
+                .iter()
+                .any(|r| r.eq_ignore_ascii_case(regular)),
+            path::Prepared::Normalized { .. } => false,
+        };
+        if named {
             Endpoint::Other
         } else {
             Endpoint::Lookalike
