@@ -31,8 +31,8 @@ impl<B> PkceBody<B> {
         }
     }
 
-    /// A complete body the layer made or rewrote.
-    pub(crate) fn full(data: Bytes) -> Self {
+    /// A complete body, already in memory (one the layer made or rewrote).
+    pub fn full(data: Bytes) -> Self {
         Self {
             kind: Kind::Full {
                 data: (!data.is_empty()).then_some(data),

@@ -29,6 +29,35 @@ pub enum Mode {
     Report,
 }
 
+impl Mode {
+    /// The mode's name: `enforce` or `report`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Enforce => "enforce",
+            Self::Report => "report",
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = ConfigError;
+
+    /// Reads a mode's name, as [`as_str`](Self::as_str) writes it.
+    fn from_str(name: &str) -> Result<Self, ConfigError> {
+        match name {
+            "enforce" => Ok(Self::Enforce),
+            "report" => Ok(Self::Report),
+            _ => Err(ConfigError::UnknownMode(name.to_owned())),
+        }
+    }
+}
+
 /// Default lifetime of a pending authorization (the user's time to sign in).
 pub const DEFAULT_PENDING_TTL: Duration = Duration::from_secs(600);
 /// Default lifetime of a code binding; keep it at least the upstream's code lifetime.
@@ -127,6 +156,8 @@ pub enum ConfigError {
     /// A token query parameter that is, or reads like, an OAuth token request parameter, or
     /// that is not an RFC 6749 name.
     OAuthQueryParameter(String),
+    /// A mode name other than `enforce` or `report`.
+    UnknownMode(String),
 }
 
 impl fmt::Display for ConfigError {
@@ -137,6 +168,9 @@ impl fmt::Display for ConfigError {
                 "{name:?} cannot be a token query parameter: it is not an RFC 6749 name, or it \
                  reads like a token request parameter, which is only read from the body"
             ),
+            Self::UnknownMode(name) => {
+                write!(f, "unknown mode {name:?}: expected enforce or report")
+            }
         }
     }
 }
@@ -374,6 +408,13 @@ impl PkceLayer {
     pub fn with_store(mut self, store: impl ChallengeStore) -> Self {
         Arc::make_mut(&mut self.shared).store = LayerStore::new(store);
         self
+    }
+
+    /// Which endpoint this layer takes a request for `path` (the path of the request target,
+    /// without its query) to be: what it would check, pass through, or refuse as a lookalike.
+    /// A proxy around the layer can use it to label its own metrics and errors.
+    pub fn endpoint(&self, path: &str) -> crate::Endpoint {
+        crate::service::classify(&self.shared, path)
     }
 
     /// The decision counters, shared by every clone of this layer.

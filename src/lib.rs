@@ -126,8 +126,6 @@ mod layer;
 mod metrics;
 mod oauth;
 mod pkce;
-#[cfg(feature = "proxy")]
-pub mod proxy;
 mod service;
 pub mod store;
 
@@ -139,7 +137,7 @@ pub use layer::{
 pub use metrics::{Metrics, Outcome};
 pub use oauth::error::Reason;
 pub use pkce::{ChallengeMethod, CodeChallenge, CodeVerifier, PkceError};
-pub use service::Pkce;
+pub use service::{Endpoint, Pkce};
 #[cfg(feature = "redis")]
 pub use store::RedisStore;
 pub use store::{ChallengeStore, MemoryStore, StoreError};

@@ -12,7 +12,7 @@
 # uses the ports run.sh uses (LOAD_BASE_PORT, default 18180). Knobs: INSTR_SECONDS=10
 # (counted load per scenario) and INSTR_CONNECTIONS=8. INSTR_TARGET=pkce-proxy (default),
 # pkce-proxy-off (the same binary with its OAuth paths moved away, as in run.sh) or hyper-floor
-# (examples/hyper_floor.rs: LOAD_FLOOR_BIN, or the one in $CARGO_TARGET_DIR).
+# (benches/tools/hyper_floor.rs: LOAD_FLOOR_BIN, or the one in $CARGO_TARGET_DIR).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

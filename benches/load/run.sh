@@ -4,7 +4,7 @@
 #   nginx       ->  upstream      (nginx as a plain proxy_pass reverse proxy: the baseline)
 #   pkce-proxy-off -> upstream   (pkce-proxy with its OAuth paths moved away: everything is
 #                                  forwarded unchecked; its proxying alone, without the layer)
-#   hyper-floor ->  upstream      (hyper and tokio alone, examples/hyper_floor.rs: the floor
+#   hyper-floor ->  upstream      (hyper and tokio alone, benches/tools/hyper_floor.rs: the floor
 #                                  under pkce-proxy's own stack)
 #   upstream                      (straight to the upstream: the limit)
 # on this machine, under the same wrk load, in alternating rounds. See README.md here.
@@ -101,7 +101,7 @@ done
 # --- build ---------------------------------------------------------------------------------
 # The working tree by default; with LOAD_BUILD_REF, a clean export of that commit (git archive:
 # nothing in the repository changes), built in a target directory of its own.
-# The target hyper-floor is examples/hyper_floor.rs, built beside pkce-proxy (from the working
+# The target hyper-floor is benches/tools/hyper_floor.rs, built beside pkce-proxy (from the working
 # tree when the exported commit predates it), or LOAD_FLOOR_BIN.
 wants() { [[ " $TARGETS " == *" $1 "* ]]; }
 FLOOR_BIN=${LOAD_FLOOR_BIN:-}
@@ -127,7 +127,7 @@ elif [ -n "${LOAD_BUILD_REF:-}" ]; then
     PROXY_BIN=$CARGO_TARGET_DIR/ref/release/pkce-proxy
     SOURCE="commit ${commit:0:7}, clean export (LOAD_BUILD_REF=$LOAD_BUILD_REF)"
     if wants hyper-floor && [ -z "$FLOOR_BIN" ]; then
-        if [ -f "$WORKDIR/src/examples/hyper_floor.rs" ]; then
+        if [ -f "$WORKDIR/src/benches/tools/hyper_floor.rs" ]; then
             build_floor "$WORKDIR/src" "$CARGO_TARGET_DIR/ref"
         else
             build_floor "$ROOT" "$CARGO_TARGET_DIR"
@@ -135,7 +135,7 @@ elif [ -n "${LOAD_BUILD_REF:-}" ]; then
     fi
 else
     say "run.sh: building pkce-proxy from the working tree (release, CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
-    (cd "$ROOT" && cargo build --release --bin pkce-proxy) >"$WORKDIR/build.log" 2>&1 \
+    (cd "$ROOT" && cargo build --release -p pkce-proxy --bin pkce-proxy) >"$WORKDIR/build.log" 2>&1 \
         || { tail -20 "$WORKDIR/build.log" >&2; die "build failed"; }
     PROXY_BIN=$CARGO_TARGET_DIR/release/pkce-proxy
     if wants hyper-floor && [ -z "$FLOOR_BIN" ]; then
@@ -388,7 +388,7 @@ REPORT=$WORKDIR/results.md
     echo "- load: wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $ROUNDS rounds, targets rotated each round, warm-up $WARMUP per target"
     echo "- pkce-proxy: RUST_LOG=$PROXY_LOG ${PROXY_CMD[*]}"
     if wants pkce-proxy-off; then echo "- pkce-proxy-off: ${OFF_CMD[*]} (no request is checked)"; fi
-    if wants hyper-floor; then echo "- hyper-floor: $FLOOR_BIN (examples/hyper_floor.rs: hyper and tokio alone, no PKCE)"; fi
+    if wants hyper-floor; then echo "- hyper-floor: $FLOOR_BIN (benches/tools/hyper_floor.rs: hyper and tokio alone, no PKCE)"; fi
     echo "- pkce-proxy after the run: RSS $PROXY_RSS; $PROXY_LOG_LINES log lines (RUST_LOG=$PROXY_LOG) during the load"
     echo
     python3 "$HERE/summarize.py" "$RESULTS"

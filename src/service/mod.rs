@@ -80,15 +80,21 @@ impl<S: std::fmt::Debug> std::fmt::Debug for Pkce<S> {
     }
 }
 
-/// Which endpoint a request is for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Endpoint {
+/// Which endpoint the layer takes a request path for ([`PkceLayer::endpoint`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Endpoint {
+    /// The authorization endpoint.
     Authorize,
+    /// The token endpoint.
     Token,
+    /// The pushed authorization request endpoint (RFC 9126).
     Par,
+    /// A discovery document (RFC 8414 or OpenID Connect).
     Metadata,
     /// A path some server could route to an OAuth endpoint without being its path: refused.
     Lookalike,
+    /// Anything else: passed through untouched.
     Other,
 }
 

@@ -132,8 +132,8 @@ TARGET_DIR=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps 2>/dev/nu
     die "cargo metadata failed"
 [[ -n $TARGET_DIR ]] || die "cannot find cargo's target directory"
 
-step 1200 "cargo build --bin pkce-proxy" \
-    bash -c 'cd "$1" && cargo build --quiet --bin pkce-proxy' _ "$ROOT"
+step 1200 "cargo build -p pkce-proxy" \
+    bash -c 'cd "$1" && cargo build --quiet -p pkce-proxy --bin pkce-proxy' _ "$ROOT"
 PROXY_BIN=$TARGET_DIR/debug/pkce-proxy
 [[ -x $PROXY_BIN ]] || die "no binary at $PROXY_BIN"
 

@@ -27,9 +27,6 @@ use tower::ServiceExt as _;
 #[cfg(feature = "redis")]
 pub mod redis;
 
-#[cfg(feature = "proxy")]
-pub mod proxy;
-
 pub const CLIENT: &str = "app";
 pub const REDIRECT: &str = "https://app.example/cb";
 pub const OTHER_CLIENT: &str = "other";

@@ -341,7 +341,7 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
-    use crate::PkceBody;
+    use tower_pkce::PkceBody;
 
     /// How the test upstream treats a connection after each response.
     #[derive(Clone, Copy)]

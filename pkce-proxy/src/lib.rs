@@ -6,7 +6,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
-//! use tower_pkce::proxy::{Config, Proxy};
+//! use pkce_proxy::{Config, Proxy};
 //!
 //! let mut config = Config::new("http://127.0.0.1:9000".parse().unwrap());
 //! config.listen = "127.0.0.1:0".parse().unwrap();
@@ -81,21 +81,21 @@ pub use config::{
     ClientConfig, Config, ConfigError, LogFormat, RedisUrl, StoreSpec, DEFAULT_LISTEN,
 };
 
-use crate::service::{classify, Endpoint};
-use crate::PkceLayer;
+use tower_pkce::Endpoint;
+use tower_pkce::PkceLayer;
 
 /// The store inside the layer, kept for the readiness check.
 #[derive(Clone, Debug)]
 pub(crate) enum Store {
-    Memory(crate::MemoryStore),
+    Memory(tower_pkce::MemoryStore),
     #[cfg(feature = "redis")]
-    Redis(crate::RedisStore),
+    Redis(tower_pkce::RedisStore),
 }
 
 impl Store {
     /// Whether the store can serve requests now: always for memory, a `PING` within the
     /// store timeout for Redis.
-    pub(crate) async fn check(&self) -> Result<(), crate::StoreError> {
+    pub(crate) async fn check(&self) -> Result<(), tower_pkce::StoreError> {
         match self {
             Self::Memory(_) => Ok(()),
             #[cfg(feature = "redis")]
@@ -119,7 +119,7 @@ pub(crate) struct Shared {
 
 impl Shared {
     fn endpoint(&self, path: &str) -> Endpoint {
-        classify(&self.layer.shared, path)
+        self.layer.endpoint(path)
     }
 
     /// Whether errors on `path` are answered in RFC 6749 JSON.

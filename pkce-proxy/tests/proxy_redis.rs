@@ -4,14 +4,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod proxy_support;
+#[path = "../../tests/support/mod.rs"]
 mod support;
 
 use std::time::{Duration, Instant};
 
+use proxy_support::*;
 use reqwest::redirect::Policy;
 use reqwest::StatusCode;
 use serde_json::Value;
-use support::proxy::*;
 use support::redis::{shared, RedisServer};
 use support::{Pkce, CLIENT, CONFIDENTIAL, CONFIDENTIAL_REDIRECT, CONFIDENTIAL_SECRET, REDIRECT};
 

@@ -1,6 +1,8 @@
 //! `pkce-proxy` as a child process in front of the legacy server, and a browser and a client
 //! that play flows through it.
 
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -13,7 +15,7 @@ use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
 
-use super::{Legacy, Pkce, CLIENT, REDIRECT};
+use crate::support::{Legacy, Pkce, CLIENT, REDIRECT};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_pkce-proxy");
 
@@ -136,7 +138,7 @@ pub fn browser_builder() -> reqwest::ClientBuilder {
 }
 
 pub fn params(url: &str) -> std::collections::HashMap<String, String> {
-    super::query_of(url)
+    crate::support::query_of(url)
 }
 
 /// Plays a browser through authorize → sign-in page → sign-in → re-entry; returns the final
@@ -184,7 +186,8 @@ pub async fn submit_sign_in(browser: &reqwest::Client, base: &str, next: &str) -
 /// A flow with a fresh challenge; returns the code and the pair.
 pub async fn new_code(base: &str) -> (String, Pkce) {
     let pkce = Pkce::new();
-    let query = super::authorize_query(CLIENT, REDIRECT, Some("st 1/é"), Some(&pkce.challenge));
+    let query =
+        crate::support::authorize_query(CLIENT, REDIRECT, Some("st 1/é"), Some(&pkce.challenge));
     let location = sign_in_flow(&browser(), base, &query).await;
     assert!(location.starts_with(REDIRECT), "{location}");
     let p = params(&location);
@@ -218,6 +221,6 @@ pub async fn redeem(base: &str, code: &str, verifier: Option<&str>) -> (StatusCo
 
 /// A code obtained from the legacy server directly, around the proxy.
 pub async fn direct_code(direct: &str) -> String {
-    let query = super::authorize_query(CLIENT, REDIRECT, Some("s"), None);
+    let query = crate::support::authorize_query(CLIENT, REDIRECT, Some("s"), None);
     sign_in_flow(&browser(), direct, &query).await
 }

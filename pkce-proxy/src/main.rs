@@ -3,5 +3,5 @@
 //! `pkce-proxy --upstream http://127.0.0.1:9000`; `pkce-proxy --help` lists the settings.
 
 fn main() -> std::process::ExitCode {
-    tower_pkce::proxy::main(std::env::args_os())
+    pkce_proxy::main(std::env::args_os())
 }

@@ -25,7 +25,7 @@ use super::upstream::{
     UpstreamError,
 };
 use super::{ProxyResult, Shared};
-use crate::{Pkce, PkceBody};
+use tower_pkce::{Pkce, PkceBody};
 
 /// What the proxy answers with: the upstream's response through the layer, or its own error.
 pub(crate) type ProxyBody = Either<PkceBody<UpstreamBody>, Full<Bytes>>;
@@ -359,7 +359,7 @@ impl Front {
             return Ok(response.map(Either::Right));
         }
         let endpoint = shared.endpoint(req.uri().path());
-        let oauth = endpoint != crate::service::Endpoint::Other;
+        let oauth = endpoint != tower_pkce::Endpoint::Other;
         if req.headers().get_all(header::HOST).iter().nth(1).is_some() {
             // RFC 9112 §3.2: a request with more than one Host is answered 400.
             let response = shared.error_response(
@@ -375,8 +375,7 @@ impl Front {
         let req = req.map(|body| TimeoutBody::new(body, shared.body_timeout));
         // `Upstream` is always ready; the contract is kept all the same.
         let result = match std::future::poll_fn(|cx| self.pkce.poll_ready(cx)).await {
-            // Classified above: the layer need not work the endpoint out again.
-            Ok(()) => self.pkce.call_for(req, endpoint).await,
+            Ok(()) => self.pkce.call(req).await,
             Err(e) => Err(e),
         };
         let response = match result {
@@ -384,7 +383,8 @@ impl Front {
                 strip_hop_by_hop(response.headers_mut());
                 // The upstream's HTTP version describes its connection, not ours.
                 *response.version_mut() = http::Version::HTTP_11;
-                if response.extensions().get::<crate::Reason>() == Some(&crate::Reason::BodyTimeout)
+                if response.extensions().get::<tower_pkce::Reason>()
+                    == Some(&tower_pkce::Reason::BodyTimeout)
                 {
                     // The rest of a stalled body may still come: do not read it as a request.
                     shared.stats.body_timeout();
@@ -644,8 +644,16 @@ fn is_forwarding(name: &str) -> bool {
 /// Drops the forwarding headers a client sent unless they are trusted. (The routing headers,
 /// trusted or not, are the layer's to drop: `oauth::headers`.)
 fn drop_untrusted_headers(headers: &mut HeaderMap, trust_forwarded: bool) {
-    if !trust_forwarded {
-        crate::oauth::headers::drop_matching(headers, is_forwarding);
+    // Checked before collecting: most requests carry none (no allocation then).
+    if !trust_forwarded && headers.keys().any(|n| is_forwarding(n.as_str())) {
+        let names: Vec<http::HeaderName> = headers
+            .keys()
+            .filter(|n| is_forwarding(n.as_str()))
+            .cloned()
+            .collect();
+        for name in names {
+            headers.remove(name);
+        }
     }
 }
 

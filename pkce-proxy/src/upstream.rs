@@ -23,7 +23,7 @@ use super::config::Config;
 use super::pool::{Pool, PooledBody, SendError};
 use super::stats::UpstreamFailure;
 use super::Shared;
-use crate::PkceBody;
+use tower_pkce::PkceBody;
 
 /// The body of a request on its way upstream.
 pub(crate) type UpstreamRequestBody = PkceBody<TimeoutBody<Incoming>>;

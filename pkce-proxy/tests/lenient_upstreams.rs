@@ -7,6 +7,8 @@
 //! The real stacks (Express, PHP, gunicorn, Django OAuth Toolkit) are in `tests/interop/`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
+mod proxy_support;
+#[path = "../../tests/support/mod.rs"]
 mod support;
 
 use std::collections::HashSet;
@@ -20,7 +22,7 @@ use axum::Router;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 
-use support::proxy::Proxy;
+use proxy_support::Proxy;
 use support::{Pkce, CLIENT, REDIRECT};
 
 /// What the lenient server issued and redeemed.

@@ -4,9 +4,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod proxy_support;
+#[path = "../../tests/support/mod.rs"]
 mod support;
 
-use support::proxy::*;
+use proxy_support::*;
 
 use std::future::IntoFuture as _;
 use std::net::SocketAddr;

@@ -16,9 +16,9 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Form, Json, Router};
+use pkce_proxy::{Config, Proxy};
 use reqwest::Url;
 use serde_json::{json, Value};
-use tower_pkce::proxy::{Config, Proxy};
 use tower_pkce::{ChallengeMethod, CodeChallenge, CodeVerifier, Reason};
 
 type Result<T, E = Box<dyn Error>> = std::result::Result<T, E>;
