@@ -176,7 +176,8 @@ fn unbounded_layer() -> PkceLayer {
 fn steady_layer() -> PkceLayer {
     PkceLayer::new()
         .pending_ttl(Duration::from_secs(1))
-        .code_ttl(Duration::from_secs(1))
+        .and_then(|l| l.code_ttl(Duration::from_secs(1)))
+        .unwrap_or_else(|e| panic!("1-second lifetimes: {e}"))
         .with_store(
             MemoryStore::with_capacity(usize::MAX / 2).sweep_interval(Duration::from_secs(1)),
         )

@@ -26,6 +26,12 @@ pub enum Mode {
     ///
     /// Store failures are forwarded too in this mode. Flows that pass are still correlated
     /// and verified exactly as under `Enforce`.
+    ///
+    /// # Security
+    ///
+    /// This mode protects nothing: a stolen code, a missing or wrong verifier, the PKCE
+    /// downgrade and a replay all reach the upstream, which redeems them as it did without
+    /// the layer. Use it to learn what enforcement would refuse, for a bounded time.
     Report,
 }
 
@@ -158,6 +164,13 @@ pub enum ConfigError {
     OAuthQueryParameter(String),
     /// A mode name other than `enforce` or `report`.
     UnknownMode(String),
+    /// Two endpoints (authorize, token, PAR) on one path, after normalization: requests to
+    /// it could only ever reach one of them.
+    SharedEndpointPath(String),
+    /// An endpoint at the root path, which every request path would go on past.
+    RootEndpointPath,
+    /// A count, lifetime or size of zero, which would refuse every flow: the setting's name.
+    Zero(&'static str),
 }
 
 impl fmt::Display for ConfigError {
@@ -171,11 +184,32 @@ impl fmt::Display for ConfigError {
             Self::UnknownMode(name) => {
                 write!(f, "unknown mode {name:?}: expected enforce or report")
             }
+            Self::SharedEndpointPath(path) => {
+                write!(f, "two endpoints on the path {path:?}")
+            }
+            Self::RootEndpointPath => f.write_str("an endpoint path cannot be the root, /"),
+            Self::Zero(setting) => write!(f, "{setting} cannot be zero"),
         }
     }
 }
 
 impl std::error::Error for ConfigError {}
+
+/// An endpoint's path as configured, refused if it is the root.
+fn endpoint_path(path: &str) -> Result<EndpointPath, ConfigError> {
+    let path = EndpointPath::new(path);
+    if path.normalized().trim_matches('/').is_empty() {
+        return Err(ConfigError::RootEndpointPath);
+    }
+    Ok(path)
+}
+
+fn nonzero(setting: &'static str, zero: bool) -> Result<(), ConfigError> {
+    if zero {
+        return Err(ConfigError::Zero(setting));
+    }
+    Ok(())
+}
 
 /// A tower [`Layer`] that adds PKCE (RFC 7636) to the authorization server it wraps.
 ///
@@ -192,12 +226,13 @@ impl std::error::Error for ConfigError {}
 /// use tower_pkce::{Mode, PkceLayer};
 ///
 /// let layer = PkceLayer::new()
-///     .authorize_path("/oauth2/authorize")
-///     .token_path("/oauth2/token")
+///     .authorize_path("/oauth2/authorize")?
+///     .token_path("/oauth2/token")?
 ///     .exempt_client("backend-service")
-///     .pending_ttl(Duration::from_secs(300))
+///     .pending_ttl(Duration::from_secs(300))?
 ///     .mode(Mode::Enforce);
 /// # let _ = layer;
+/// # Ok::<(), tower_pkce::ConfigError>(())
 /// ```
 #[derive(Clone)]
 #[must_use]
@@ -244,6 +279,26 @@ impl PkceLayer {
         self
     }
 
+    /// Refuses a configuration with two endpoints on one path.
+    fn distinct_paths(self) -> Result<Self, ConfigError> {
+        let c = &self.shared.config;
+        let mut paths = [
+            Some(&c.authorize_path),
+            Some(&c.token_path),
+            c.par_path.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .map(EndpointPath::normalized);
+        while let Some(path) = paths.next() {
+            if paths.clone().any(|other| other == path) {
+                return Err(ConfigError::SharedEndpointPath(path.to_owned()));
+            }
+        }
+        drop(paths);
+        Ok(self)
+    }
+
     /// The path of the authorization endpoint (default `/authorize`). Requests match it after
     /// normalization: case, repeated and trailing slashes, percent-encoding, dot segments and
     /// `;` parameters do not matter, as they do not to many routers. A request that matches
@@ -252,9 +307,14 @@ impl PkceLayer {
     /// A path that some server could still route to an endpoint without being its path (one
     /// that goes on past it, `/authorize/x`, or whose non-ASCII characters fold onto it) is
     /// refused with 400 `invalid_request`.
-    pub fn authorize_path(self, path: impl AsRef<str>) -> Self {
-        let path = EndpointPath::new(path.as_ref());
-        self.config(|c| c.authorize_path = path)
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::SharedEndpointPath`] for the path of another endpoint;
+    /// [`ConfigError::RootEndpointPath`] for `/`.
+    pub fn authorize_path(self, path: impl AsRef<str>) -> Result<Self, ConfigError> {
+        let path = endpoint_path(path.as_ref())?;
+        self.config(|c| c.authorize_path = path).distinct_paths()
     }
 
     /// The path of the token endpoint (default `/token`), matched like
@@ -269,14 +329,24 @@ impl PkceLayer {
     /// `User-Agent`, `Origin`, `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host`)
     /// and those named with [`token_forward_header`](Self::token_forward_header). A token
     /// request the layer cannot read completely is refused.
-    pub fn token_path(self, path: impl AsRef<str>) -> Self {
-        let path = EndpointPath::new(path.as_ref());
-        self.config(|c| c.token_path = path)
+    ///
+    /// # Errors
+    ///
+    /// As [`authorize_path`](Self::authorize_path).
+    pub fn token_path(self, path: impl AsRef<str>) -> Result<Self, ConfigError> {
+        let path = endpoint_path(path.as_ref())?;
+        self.config(|c| c.token_path = path).distinct_paths()
     }
 
     /// A query parameter the upstream's token endpoint needs (ADFS's `api-version`, say):
     /// forwarded, re-encoded, where every other query parameter is refused. Names are
     /// matched exactly. Repeatable.
+    ///
+    /// # Security
+    ///
+    /// The upstream reads this parameter's value as the client sent it. Name only what the
+    /// upstream cannot read as a token request parameter: a server that merges the query
+    /// into the body under another spelling would read it as one.
     ///
     /// # Errors
     ///
@@ -318,6 +388,13 @@ impl PkceLayer {
 
     /// A request header forwarded to the token endpoint besides the ones it always gets (see
     /// [`token_path`](Self::token_path)), e.g. `DPoP`. Repeatable.
+    ///
+    /// # Security
+    ///
+    /// The layer does not read this header. Never name one the upstream takes a token
+    /// request parameter, a method or a path from (`X-HTTP-Method-Override`,
+    /// `X-Original-URL`, a header carrying `code` or `client_id`): the rebuilt request would
+    /// then say what the layer did not check.
     pub fn token_forward_header(self, name: HeaderName) -> Self {
         self.config(|c| {
             if !c.token_forward_headers.contains(&name) {
@@ -336,15 +413,27 @@ impl PkceLayer {
     /// `request_uri` is then let through only for the client that pushed it and without PKCE
     /// parameters that differ from the pushed ones. When unset, `request_uri` is refused for
     /// clients that are not exempt.
-    pub fn par_path(self, path: impl AsRef<str>) -> Self {
-        let path = EndpointPath::new(path.as_ref());
-        self.config(|c| c.par_path = Some(path))
+    ///
+    /// # Errors
+    ///
+    /// As [`authorize_path`](Self::authorize_path).
+    pub fn par_path(self, path: impl AsRef<str>) -> Result<Self, ConfigError> {
+        let path = endpoint_path(path.as_ref())?;
+        self.config(|c| c.par_path = Some(path)).distinct_paths()
     }
 
     /// Lets a (confidential) client use the authorization code flow without PKCE. Its flows
     /// without a challenge are recorded as unbound, so a verifier sent for one of its codes is
     /// still refused (the PKCE downgrade attack), and its codes stay single-use and bound to
     /// it. Repeatable.
+    ///
+    /// # Security
+    ///
+    /// An exempt client's codes can be redeemed without a verifier, by whoever holds one:
+    /// exempt only confidential clients that authenticate at the token endpoint (the
+    /// upstream must check their secret), never a public client. An unknown code (expired,
+    /// or issued while the layer was not in front) from an exempt client is forwarded to
+    /// the upstream, which then decides alone.
     pub fn exempt_client(self, client_id: impl Into<String>) -> Self {
         let id = client_id.into().into_boxed_str();
         self.config(|c| {
@@ -354,6 +443,12 @@ impl PkceLayer {
 
     /// Accepts `plain` challenges (default: no, S256 only). A challenge sent without a method
     /// is plain (RFC 7636 §4.3), so it is refused unless this is on.
+    ///
+    /// # Security
+    ///
+    /// A `plain` challenge is the verifier itself: anyone who sees the authorization request
+    /// (a log, a referrer, a malicious app on the device) can redeem the code. RFC 9700 §2.1.1
+    /// and OAuth 2.1 say to use S256; turn this on only for clients that cannot hash.
     pub fn allow_plain(self, allow: bool) -> Self {
         self.config(|c| c.allow_plain = allow)
     }
@@ -364,24 +459,49 @@ impl PkceLayer {
     }
 
     /// How long an authorization may wait for its code (default 10 minutes).
-    pub fn pending_ttl(self, ttl: Duration) -> Self {
-        self.config(|c| c.pending_ttl = ttl)
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Zero`] for zero.
+    pub fn pending_ttl(self, ttl: Duration) -> Result<Self, ConfigError> {
+        nonzero("pending_ttl", ttl.is_zero())?;
+        Ok(self.config(|c| c.pending_ttl = ttl))
     }
 
     /// How long a code stays bound, and a redeemed code stays refused (default 10 minutes).
-    /// Keep it at least as long as the upstream's code lifetime.
-    pub fn code_ttl(self, ttl: Duration) -> Self {
-        self.config(|c| c.code_ttl = ttl)
+    ///
+    /// # Security
+    ///
+    /// Keep it at least as long as the upstream accepts its codes: once a code's record has
+    /// expired, the layer refuses the code as unknown, except from an
+    /// [exempt client](Self::exempt_client), whose replay then reaches the upstream.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Zero`] for zero.
+    pub fn code_ttl(self, ttl: Duration) -> Result<Self, ConfigError> {
+        nonzero("code_ttl", ttl.is_zero())?;
+        Ok(self.config(|c| c.code_ttl = ttl))
     }
 
-    /// Refused token requests after which a bound code is burned (default 5; at least 1).
-    pub fn max_failed_attempts(self, attempts: u32) -> Self {
-        self.config(|c| c.max_failed_attempts = attempts.max(1))
+    /// Refused token requests after which a bound code is burned (default 5).
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Zero`] for zero.
+    pub fn max_failed_attempts(self, attempts: u32) -> Result<Self, ConfigError> {
+        nonzero("max_failed_attempts", attempts == 0)?;
+        Ok(self.config(|c| c.max_failed_attempts = attempts))
     }
 
     /// The largest request body the layer reads (default 64 KiB); larger ones get 413.
-    pub fn max_body_bytes(self, limit: usize) -> Self {
-        self.config(|c| c.max_body_bytes = limit)
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Zero`] for zero (every token request has a body).
+    pub fn max_body_bytes(self, limit: usize) -> Result<Self, ConfigError> {
+        nonzero("max_body_bytes", limit == 0)?;
+        Ok(self.config(|c| c.max_body_bytes = limit))
     }
 
     /// The redirect URIs registered for a client. Authorization errors for that client are
@@ -467,10 +587,10 @@ mod tests {
     }
 
     #[test]
-    fn paths_are_normalized_and_attempts_at_least_one() {
+    fn paths_are_normalized() {
         let layer = PkceLayer::new()
             .authorize_path("/OAuth2/Authorize/")
-            .max_failed_attempts(0);
+            .unwrap();
         assert_eq!(
             layer.shared.config.authorize_path.normalized(),
             "/oauth2/authorize"
@@ -479,6 +599,75 @@ mod tests {
             layer.shared.config.authorize_path.written(),
             "/OAuth2/Authorize/"
         );
+    }
+
+    /// Invalid settings are refused, not adjusted.
+    #[test]
+    fn invalid_settings_are_refused() {
+        let new = PkceLayer::new;
+        let shared = |p: &str| Err(ConfigError::SharedEndpointPath(p.into()));
+        let cases: [(
+            &str,
+            Result<PkceLayer, ConfigError>,
+            Result<(), ConfigError>,
+        ); 10] = [
+            (
+                "token on authorize",
+                new().token_path("/Authorize/"),
+                shared("/authorize"),
+            ),
+            (
+                "authorize on token",
+                new().authorize_path("//token"),
+                shared("/token"),
+            ),
+            (
+                "par on token",
+                new().token_path("/t").and_then(|l| l.par_path("/T")),
+                shared("/t"),
+            ),
+            (
+                "root",
+                new().token_path("/"),
+                Err(ConfigError::RootEndpointPath),
+            ),
+            (
+                "root, spelled oddly",
+                new().par_path("/./"),
+                Err(ConfigError::RootEndpointPath),
+            ),
+            (
+                "attempts",
+                new().max_failed_attempts(0),
+                Err(ConfigError::Zero("max_failed_attempts")),
+            ),
+            (
+                "pending ttl",
+                new().pending_ttl(Duration::ZERO),
+                Err(ConfigError::Zero("pending_ttl")),
+            ),
+            (
+                "code ttl",
+                new().code_ttl(Duration::ZERO),
+                Err(ConfigError::Zero("code_ttl")),
+            ),
+            (
+                "body",
+                new().max_body_bytes(0),
+                Err(ConfigError::Zero("max_body_bytes")),
+            ),
+            (
+                "swapped",
+                new()
+                    .authorize_path("/x")
+                    .and_then(|l| l.token_path("/authorize")),
+                Ok(()),
+            ),
+        ];
+        for (name, got, want) in cases {
+            assert_eq!(got.map(|_| ()), want, "{name}");
+        }
+        let layer = new().max_failed_attempts(1).unwrap();
         assert_eq!(layer.shared.config.max_failed_attempts, 1);
     }
 

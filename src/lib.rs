@@ -34,6 +34,41 @@
 //! # let _ = app;
 //! ```
 //!
+//! A code the layer never saw issued, redeemed without a verifier, is refused before it
+//! reaches the server (fail closed), with an RFC 6749 error and its [`Reason`]:
+//!
+//! ```
+//! use std::convert::Infallible;
+//!
+//! use bytes::Bytes;
+//! use http::{header, Request, Response, StatusCode};
+//! use http_body_util::{BodyExt as _, Full};
+//! use tower::{service_fn, Layer as _, ServiceExt as _};
+//! use tower_pkce::{PkceBody, PkceLayer, Reason};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // A legacy server that would hand out a token for any code.
+//! let legacy = service_fn(|_: Request<PkceBody<Full<Bytes>>>| async {
+//!     Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(r#"{"access_token":"t"}"#))))
+//! });
+//! let server = PkceLayer::new().layer(legacy);
+//!
+//! let stolen = Request::post("/token")
+//!     .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+//!     .body(Full::new(Bytes::from(
+//!         "grant_type=authorization_code&code=intercepted&client_id=app&redirect_uri=https%3A%2F%2Fapp.example%2Fcb",
+//!     )))?;
+//! let response = server.oneshot(stolen).await?;
+//!
+//! assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+//! assert_eq!(response.extensions().get::<Reason>(), Some(&Reason::UnknownCode));
+//! let body = response.into_body().collect().await?.to_bytes();
+//! assert!(body.starts_with(br#"{"error":"invalid_grant""#));
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # The token decision table
 //!
 //! | code is   | with `code_verifier`                           | without                     |
@@ -67,7 +102,7 @@
 //! # Stores
 //!
 //! Pending flows and code records live in a [`ChallengeStore`]. The default, [`MemoryStore`],
-//! keeps them in this process, bounded. With the feature `redis` (on by default),
+//! keeps them in this process, bounded. With the feature `redis`,
 //! `RedisStore` keeps them on a Redis or Valkey server that several replicas share, so a flow
 //! may start on one and finish on another:
 //!
@@ -85,11 +120,9 @@
 //!
 //! # The proxy
 //!
-//! With the default feature `proxy`, the crate also builds `pkce-proxy`, a reverse proxy with
-//! this layer inside, to put in front of a legacy server without changing it; [`proxy`] runs
-//! the same server in-process. Library users can drop its dependencies (and the `redis`
-//! crate's) with `default-features = false`, and add `features = ["redis"]` back for the
-//! shared store.
+//! `pkce-proxy`, a reverse proxy with this layer inside, to put in front of a legacy server
+//! without changing it, is its own package (`pkce-proxy/` in the repository). This crate's
+//! default features bring no server, client or CLI.
 //!
 //! # Observability
 //!
@@ -115,7 +148,7 @@
     test,
     allow(clippy::unwrap_used, clippy::expect_used, clippy::type_complexity)
 )]
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod body;
 pub mod future;
@@ -139,6 +172,7 @@ pub use oauth::error::Reason;
 pub use pkce::{ChallengeMethod, CodeChallenge, CodeVerifier, PkceError};
 pub use service::{Endpoint, Pkce};
 #[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use store::RedisStore;
 pub use store::{ChallengeStore, MemoryStore, StoreError};
 

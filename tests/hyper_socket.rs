@@ -179,7 +179,7 @@ async fn pkce_downgrade_over_sockets() {
 
 #[tokio::test]
 async fn oversized_and_chunked_bodies() {
-    let (front, legacy) = setup(PkceLayer::new().max_body_bytes(1024)).await;
+    let (front, legacy) = setup(PkceLayer::new().max_body_bytes(1024).unwrap()).await;
     let response = front
         .send(form_post(
             "/token",

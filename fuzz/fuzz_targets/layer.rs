@@ -1011,6 +1011,7 @@ fuzz_target!(|ops: Vec<Op>| {
         .exempt_client(EXEMPT)
         .client_redirect_uris("app", [REDIRECT])
         .max_failed_attempts(3)
+        .unwrap_or_else(|e| panic!("3 attempts: {e}"))
         .with_store(MemoryStore::with_capacity(1024));
     let svc = layer.layer(inner);
     let mut seen: Vec<Seen> = Vec::new();

@@ -303,16 +303,19 @@ impl Config {
                 ))
             }
         };
+        let invalid =
+            |e: tower_pkce::ConfigError| ConfigError::new(format!("invalid setting: {e}"));
         let mut layer = PkceLayer::new()
             .authorize_path(&self.authorize_path)
-            .token_path(&self.token_path)
+            .and_then(|l| l.token_path(&self.token_path))
+            .and_then(|l| l.pending_ttl(self.pending_ttl))
+            .and_then(|l| l.code_ttl(self.code_ttl))
+            .and_then(|l| l.max_body_bytes(self.max_body))
+            .map_err(invalid)?
             .allow_plain(self.allow_plain)
-            .mode(self.mode)
-            .pending_ttl(self.pending_ttl)
-            .code_ttl(self.code_ttl)
-            .max_body_bytes(self.max_body);
+            .mode(self.mode);
         if let Some(par) = &self.par_path {
-            layer = layer.par_path(par);
+            layer = layer.par_path(par).map_err(invalid)?;
         }
         for name in &self.token_query_params {
             layer = layer

@@ -56,6 +56,11 @@
 //! reached the upstream (`502` on connect) goes back to bound; one whose request may have
 //! reached it (timeout, broken connection) stays redeemed: fail closed.
 
+#![forbid(unsafe_code)]
+// No panic reachable from input: outside tests, no unwrap or expect.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
 use std::convert::Infallible;
 use std::ffi::OsString;
 use std::future::Future;

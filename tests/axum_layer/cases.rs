@@ -362,7 +362,7 @@ async fn bound_code_without_verifier_is_refused() {
 
 #[tokio::test]
 async fn failed_attempts_burn_the_code() {
-    let layer = layer().max_failed_attempts(3);
+    let layer = layer().max_failed_attempts(3).unwrap();
     let (app, _) = build(&layer);
     let (code, pkce) = code_for(&app, CLIENT, REDIRECT).await;
     let wrong = Pkce::new();
@@ -722,7 +722,7 @@ async fn token_request_shapes() {
 
 #[tokio::test]
 async fn lenient_token_paths_are_still_the_token_endpoint() {
-    let (app, _) = build(&layer().max_failed_attempts(100));
+    let (app, _) = build(&layer().max_failed_attempts(100).unwrap());
     let (code, _) = code_for(&app, CLIENT, REDIRECT).await;
     for path in [
         "/Token",
@@ -824,7 +824,7 @@ fn pushed_fields<'a>(challenge: &'a str, state: &'a str) -> Vec<(&'a str, &'a st
 
 #[tokio::test]
 async fn pushed_authorization_requests_complete_and_hold_their_challenge() {
-    let (app, legacy) = build(&layer().par_path("/par"));
+    let (app, legacy) = build(&layer().par_path("/par").unwrap());
     let pkce = Pkce::new();
     let pushed = push(&app, &pushed_fields(&pkce.challenge, "par state")).await;
     assert_eq!(pushed.status(), StatusCode::CREATED, "{:?}", pushed.body());
@@ -855,7 +855,7 @@ async fn pushed_authorization_requests_complete_and_hold_their_challenge() {
 
 #[tokio::test]
 async fn pushed_requests_are_checked_and_cannot_be_overridden() {
-    let (app, legacy) = build(&layer().par_path("/par"));
+    let (app, legacy) = build(&layer().par_path("/par").unwrap());
     // No challenge, a plain one, a JAR request, a request_uri inside: refused in JSON, and
     // never pushed upstream.
     let pkce = Pkce::new();
@@ -950,7 +950,7 @@ async fn pushed_requests_are_checked_and_cannot_be_overridden() {
 
 #[tokio::test]
 async fn pushed_requests_keep_to_their_own_flow() {
-    let store_layer = layer().par_path("/par");
+    let store_layer = layer().par_path("/par").unwrap();
     let (app, _) = build(&store_layer);
     let pkce = Pkce::new();
     // A live handle pushed as a client's state is not a re-entry: refused.
@@ -985,7 +985,7 @@ async fn pushed_requests_keep_to_their_own_flow() {
 #[tokio::test]
 async fn a_pushed_form_post_flow_is_read_by_another_replica() {
     // Two layers (two replicas) on one store: the push goes to one, the browser to the other.
-    let shared_store = layer().par_path("/par");
+    let shared_store = layer().par_path("/par").unwrap();
     let a = shared_store.clone().exempt_client("unrelated");
     let (app_a, legacy) = build(&a);
     let b = shared_store.exempt_client("also-unrelated");
@@ -1322,7 +1322,9 @@ async fn a_full_store_answers_503_and_keeps_live_flows() {
 async fn pending_flows_and_codes_expire() {
     let layer = layer()
         .pending_ttl(Duration::from_millis(50))
-        .code_ttl(Duration::from_millis(300));
+        .unwrap()
+        .code_ttl(Duration::from_millis(300))
+        .unwrap();
     let (app, _) = build(&layer);
     // A pending flow that outlives its TTL is gone: its handle no longer names a live flow,
     // so a request reusing it with another challenge is a new flow, not a hijack attempt.
@@ -1350,7 +1352,7 @@ async fn pending_flows_and_codes_expire() {
     assert!(reason(&response).is_none(), "{:?}", response.body());
 
     // A bound code that outlives its TTL is unknown too.
-    let layer = layer.pending_ttl(Duration::from_secs(60));
+    let layer = layer.pending_ttl(Duration::from_secs(60)).unwrap();
     let (app, _) = build(&layer);
     let (code, pkce) = code_for(&app, CLIENT, REDIRECT).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
