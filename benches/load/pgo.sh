@@ -31,7 +31,7 @@ DATA=$WORK/profiles
 
 say "pgo.sh: building the instrumented pkce-proxy (CARGO_TARGET_DIR=$TARGET/pgo-gen)"
 (cd "$ROOT" && RUSTFLAGS="-Cprofile-generate=$DATA" CARGO_TARGET_DIR=$TARGET/pgo-gen \
-    cargo build --release --locked --bin pkce-proxy) >"$WORK/build-gen.log" 2>&1 \
+    cargo build --release --locked -p pkce-proxy --bin pkce-proxy) >"$WORK/build-gen.log" 2>&1 \
     || { tail -20 "$WORK/build-gen.log" >&2; die "instrumented build failed"; }
 # Build scripts were instrumented too and wrote their own profiles: only the proxy's count.
 rm -rf "$DATA"
@@ -46,7 +46,7 @@ compgen -G "$DATA/*.profraw" >/dev/null || die "the instrumented proxy wrote no 
 
 say "pgo.sh: building the optimized pkce-proxy (CARGO_TARGET_DIR=$TARGET/pgo)"
 (cd "$ROOT" && RUSTFLAGS="-Cprofile-use=$WORK/pkce-proxy.profdata" CARGO_TARGET_DIR=$TARGET/pgo \
-    cargo build --release --locked --bin pkce-proxy) >"$WORK/build-use.log" 2>&1 \
+    cargo build --release --locked -p pkce-proxy --bin pkce-proxy) >"$WORK/build-use.log" 2>&1 \
     || { tail -20 "$WORK/build-use.log" >&2; die "optimized build failed"; }
 say "pgo.sh: profile and logs in $WORK"
 echo "$TARGET/pgo/release/pkce-proxy"

@@ -46,6 +46,8 @@ OFF_ADMIN_PORT=$((BASE_PORT + 7))
 
 say() { printf '%s\n' "$*" >&2; }
 die() { say "run.sh: $*"; exit 1; }
+# `-p pkce-proxy` where the proxy is its own package (a tree at or after the workspace split).
+package_of() { if [ -f "$1/pkce-proxy/Cargo.toml" ]; then echo "-p pkce-proxy"; fi; }
 
 # --- tools -------------------------------------------------------------------------------
 NGINX=${LOAD_NGINX:-$(command -v nginx || true)}
@@ -122,7 +124,7 @@ elif [ -n "${LOAD_BUILD_REF:-}" ]; then
     mkdir -p "$WORKDIR/src"
     git -C "$ROOT" archive "$commit" | tar -x -C "$WORKDIR/src"
     say "run.sh: building pkce-proxy at ${commit:0:7} (release, clean export, CARGO_TARGET_DIR=$CARGO_TARGET_DIR/ref)"
-    (cd "$WORKDIR/src" && CARGO_TARGET_DIR=$CARGO_TARGET_DIR/ref cargo build --release --locked --bin pkce-proxy) \
+    (cd "$WORKDIR/src" && CARGO_TARGET_DIR=$CARGO_TARGET_DIR/ref cargo build --release --locked $(package_of "$WORKDIR/src") --bin pkce-proxy) \
         >"$WORKDIR/build.log" 2>&1 || { tail -20 "$WORKDIR/build.log" >&2; die "build failed"; }
     PROXY_BIN=$CARGO_TARGET_DIR/ref/release/pkce-proxy
     SOURCE="commit ${commit:0:7}, clean export (LOAD_BUILD_REF=$LOAD_BUILD_REF)"
