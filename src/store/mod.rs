@@ -4,10 +4,13 @@
 //! process, and `RedisStore` (feature `redis`) on a Redis or Valkey server that several
 //! replicas share. Every method is one atomic step on one key, so a networked backend maps it
 //! to single commands or a short server-side script, and the records have a compact byte
-//! encoding ([`PendingFlow::encode`], [`CodeRecord::encode`]).
+//! encoding ([`PendingFlow::encode`], [`CodeRecord::encode`]; the layout is in [`codec`]).
 //!
 //! The layer never loads a record and then deletes it: single-use steps ([`take_flow`],
 //! [`redeem`]) are atomic in the store.
+//!
+//! Another store implements [`ChallengeStore`] with the public record types here, and proves
+//! it with the conformance suite, `store::conformance` (feature `test-util`).
 //!
 //! [`take_flow`]: ChallengeStore::take_flow
 //! [`redeem`]: ChallengeStore::redeem
@@ -325,6 +328,28 @@ impl StdError for StoreError {
 ///
 /// Implementations must be cheap to share: the layer keeps one behind an `Arc` and every clone
 /// of the layer, and every service it makes, uses that one store.
+///
+/// # The contract
+///
+/// The method docs say what each step does; the conformance suite, `store::conformance`
+/// (feature `test-util`), is the contract in full: a store is correct for the layer when it
+/// passes every case there (`run_all`, and the capacity case on a bounded store).
+/// [`MemoryStore`] and `RedisStore` run that suite in this crate's tests. In a store's own
+/// tests:
+///
+/// ```toml
+/// [dev-dependencies]
+/// tower-pkce = { version = "0.1", features = ["test-util"] }
+/// ```
+///
+/// A store that keeps bytes can use the records' own encoding ([`codec`]).
+///
+/// # Security
+///
+/// An entry lost before it expires fails closed (the flow's code is refused), except a
+/// `Redeemed` tombstone: forgetting one lets a legacy server that accepts codes twice take an
+/// exempt client's code again. A store must not drop tombstones early; [`MemoryStore`] refuses
+/// new entries when full ([`StoreError::Full`]) rather than evict any.
 pub trait ChallengeStore: Send + Sync + 'static {
     /// Records a new pending flow under `handle` unless one exists.
     ///
