@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tokio_runtime::Tokio;
 use tower_pkce::store::conformance;
 use tower_pkce::store::{CodeBinding, CodeRecord, CodeState, PendingFlow, StoreKey};
-use tower_pkce::{ChallengeStore, StoreError};
+use tower_pkce::{ChallengeMethod, ChallengeStore, CodeChallenge, StoreError};
 
 /// Everything under one mutex: each step is atomic because it holds the lock throughout.
 #[derive(Clone)]
@@ -230,6 +230,19 @@ fn records_are_built_and_read_from_outside() {
     let tail = &bytes[bytes.len() - tower_pkce::store::codec::CODE_TAIL_LEN..];
     assert_eq!(tail, [CodeState::Burned.to_byte(), 0, 0, 0, 7]);
     assert_eq!(CodeState::from_byte(b'R'), Some(CodeState::Redeemed));
+
+    // A store that keeps a challenge its own way rebuilds it from its method and wire form.
+    for (value, method) in [
+        (
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+            ChallengeMethod::S256,
+        ),
+        (&*"p".repeat(43), ChallengeMethod::Plain),
+    ] {
+        let challenge = CodeChallenge::parse(value, method).unwrap();
+        let again = CodeChallenge::parse(&challenge.encoded(), challenge.method()).unwrap();
+        assert_eq!(again, challenge);
+    }
 
     let flow = PendingFlow::new(None, "app", Some("https://app.example/cb"), None);
     assert_eq!(PendingFlow::decode(&flow.encode()).unwrap(), flow);
