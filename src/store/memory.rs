@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 
+use super::codec::code_tail_mut;
 use super::{
     ChallengeStore, CodeBinding, CodeRecord, CodeState, PendingFlow, StoreError, StoreKey,
 };
@@ -135,12 +136,6 @@ impl Timed {
 /// TTL.
 fn deadline(now_ms: u64, ttl: Duration) -> u64 {
     now_ms.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// A code record's state and failure count: the last five bytes of its encoding.
-fn code_tail(record: &mut [u8]) -> Option<(&mut u8, &mut [u8; 4])> {
-    let (state, failures) = record.last_chunk_mut::<5>()?.split_first_mut()?;
-    Some((state, failures.try_into().ok()?))
 }
 
 impl Default for MemoryStore {
@@ -358,8 +353,8 @@ impl Inner {
             self.remove_expired(&self.codes, key, now);
             return Ok(None);
         }
-        let (state, failures) =
-            code_tail(&mut entry.record).ok_or_else(|| StoreError::backend("corrupt record"))?;
+        let (state, failures) = code_tail_mut(&mut entry.record)
+            .ok_or_else(|| StoreError::backend("corrupt record"))?;
         Ok(Some(change(state, failures)))
     }
 }
@@ -446,9 +441,9 @@ impl MemoryStore {
 
     pub(crate) fn redeem_now(&self, code: StoreKey) -> Result<bool, StoreError> {
         let won = self.inner.update_code(code, |state, _| {
-            let live = *state == CodeState::Live.byte();
+            let live = *state == CodeState::Live.to_byte();
             if live {
-                *state = CodeState::Redeemed.byte();
+                *state = CodeState::Redeemed.to_byte();
             }
             live
         });
@@ -457,9 +452,9 @@ impl MemoryStore {
 
     pub(crate) fn unredeem_now(&self, code: StoreKey) -> Result<bool, StoreError> {
         let done = self.inner.update_code(code, |state, _| {
-            let redeemed = *state == CodeState::Redeemed.byte();
+            let redeemed = *state == CodeState::Redeemed.to_byte();
             if redeemed {
-                *state = CodeState::Live.byte();
+                *state = CodeState::Live.to_byte();
             }
             redeemed
         });
@@ -472,11 +467,11 @@ impl MemoryStore {
         max_failures: u32,
     ) -> Result<Option<CodeState>, StoreError> {
         let state = self.inner.update_code(code, |state, failures| {
-            if *state == CodeState::Live.byte() {
+            if *state == CodeState::Live.to_byte() {
                 let count = u32::from_be_bytes(*failures).saturating_add(1);
                 *failures = count.to_be_bytes();
                 if count >= max_failures {
-                    *state = CodeState::Burned.byte();
+                    *state = CodeState::Burned.to_byte();
                 }
             }
             CodeState::from_byte(*state).ok_or_else(|| StoreError::backend("corrupt record"))

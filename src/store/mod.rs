@@ -4,10 +4,13 @@
 //! process, and `RedisStore` (feature `redis`) on a Redis or Valkey server that several
 //! replicas share. Every method is one atomic step on one key, so a networked backend maps it
 //! to single commands or a short server-side script, and the records have a compact byte
-//! encoding ([`PendingFlow::encode`], [`CodeRecord::encode`]).
+//! encoding ([`PendingFlow::encode`], [`CodeRecord::encode`]; the layout is in [`codec`]).
 //!
 //! The layer never loads a record and then deletes it: single-use steps ([`take_flow`],
 //! [`redeem`]) are atomic in the store.
+//!
+//! Another store implements [`ChallengeStore`] with the public record types here, and proves
+//! it with the conformance suite, `store::conformance` (feature `test-util`).
 //!
 //! [`take_flow`]: ChallengeStore::take_flow
 //! [`redeem`]: ChallengeStore::redeem
@@ -25,9 +28,14 @@ use sha2::{Digest as _, Sha256};
 
 use crate::pkce::CodeChallenge;
 
+pub mod codec;
+#[cfg(feature = "test-util")]
+pub mod conformance;
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;
+#[cfg(test)]
+mod tests;
 
 pub use memory::DEFAULT_CAPACITY;
 
@@ -49,6 +57,11 @@ impl StoreKey {
     /// The key of a correlation handle.
     pub fn for_handle(handle: &str) -> Self {
         Self(Sha256::digest(handle.as_bytes()).into())
+    }
+
+    /// The key with this digest, as a store that lists its keys reads one back.
+    pub const fn from_digest(digest: [u8; 32]) -> Self {
+        Self(digest)
     }
 
     /// The digest.
@@ -115,9 +128,9 @@ impl PendingFlow {
         self.state.as_deref()
     }
 
-    /// A compact byte encoding, for stores that keep bytes.
+    /// A compact byte encoding, for stores that keep bytes: layout in [`codec`].
     pub fn encode(&self) -> Vec<u8> {
-        encode_flow(
+        codec::encode_flow(
             self.challenge.as_ref(),
             &self.client_id,
             self.redirect_uri.as_deref(),
@@ -127,37 +140,8 @@ impl PendingFlow {
 
     /// Reverses [`PendingFlow::encode`].
     pub fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
-        let mut r = Reader::new(bytes)?;
-        let challenge = r.challenge()?;
-        let client_id = r.str()?.ok_or_else(corrupt)?;
-        let redirect_uri = r.str()?;
-        let state = r.str()?;
-        r.end()?;
-        Ok(Self {
-            challenge,
-            client_id,
-            redirect_uri,
-            state,
-        })
+        codec::decode_flow(bytes)
     }
-}
-
-/// [`PendingFlow::encode`] of a flow with these parts, without making the flow first.
-pub(crate) fn encode_flow(
-    challenge: Option<&CodeChallenge>,
-    client_id: &str,
-    redirect_uri: Option<&str>,
-    state: Option<&str>,
-) -> Vec<u8> {
-    let strings = [Some(client_id), redirect_uri, state];
-    let len = 1 + challenge_len(challenge) + strings.iter().map(|s| str_len(*s)).sum::<usize>();
-    // Exactly the length: the memory store keeps this allocation as it is.
-    let mut out = Vec::with_capacity(len);
-    out.push(FORMAT_VERSION);
-    write_challenge(&mut out, challenge);
-    strings.iter().for_each(|s| write_str(&mut out, *s));
-    debug_assert_eq!(out.len(), len);
-    out
 }
 
 impl fmt::Debug for PendingFlow {
@@ -208,24 +192,6 @@ impl fmt::Debug for CodeBinding {
     }
 }
 
-/// [`CodeRecord::encode`] of a record with these parts, without making the record first.
-pub(crate) fn encode_code(
-    challenge: Option<&CodeChallenge>,
-    client_id: &str,
-    state: CodeState,
-    failures: u32,
-) -> Vec<u8> {
-    let len = 1 + challenge_len(challenge) + str_len(Some(client_id)) + 5;
-    let mut out = Vec::with_capacity(len);
-    out.push(FORMAT_VERSION);
-    write_challenge(&mut out, challenge);
-    write_str(&mut out, Some(client_id));
-    out.push(state.byte());
-    out.extend_from_slice(&failures.to_be_bytes());
-    debug_assert_eq!(out.len(), len);
-    out
-}
-
 /// Where a code is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -239,8 +205,8 @@ pub enum CodeState {
 }
 
 impl CodeState {
-    /// The state's byte in a record's encoding.
-    pub(crate) fn byte(self) -> u8 {
+    /// The state's byte in a record's encoding ([`codec`]): `L`, `R` or `B`.
+    pub const fn to_byte(self) -> u8 {
         match self {
             Self::Live => b'L',
             Self::Redeemed => b'R',
@@ -248,8 +214,8 @@ impl CodeState {
         }
     }
 
-    /// Reverses [`CodeState::byte`]; `None` for a byte no state has.
-    pub(crate) fn from_byte(byte: u8) -> Option<Self> {
+    /// Reverses [`CodeState::to_byte`]; `None` for a byte no state has.
+    pub const fn from_byte(byte: u8) -> Option<Self> {
         match byte {
             b'L' => Some(Self::Live),
             b'R' => Some(Self::Redeemed),
@@ -277,6 +243,14 @@ impl CodeRecord {
         }
     }
 
+    /// The same record with `failures` refused attempts counted, as a store that keeps
+    /// records whole rebuilds one after [`ChallengeStore::record_failure`].
+    #[must_use]
+    pub fn with_failures(mut self, failures: u32) -> Self {
+        self.failures = failures;
+        self
+    }
+
     /// What the code is bound to.
     pub fn binding(&self) -> &CodeBinding {
         &self.binding
@@ -292,13 +266,11 @@ impl CodeRecord {
         self.failures
     }
 
-    /// A compact byte encoding, for stores that keep bytes.
-    ///
-    /// The layout's first byte is the format version (1) and its last five are the state
-    /// (`L`, `R` or `B`) and the failure count (big-endian `u32`), so a store can change a
-    /// record's state in place (`RedisStore`'s scripts do) without decoding the rest.
+    /// A compact byte encoding, for stores that keep bytes: layout in [`codec`]. Its last
+    /// [`CODE_TAIL_LEN`](codec::CODE_TAIL_LEN) bytes are the state and the failure count, so
+    /// a store can change them in place (`RedisStore`'s scripts do) without decoding the rest.
     pub fn encode(&self) -> Vec<u8> {
-        encode_code(
+        codec::encode_code(
             self.binding.challenge.as_ref(),
             &self.binding.client_id,
             self.state,
@@ -308,111 +280,7 @@ impl CodeRecord {
 
     /// Reverses [`CodeRecord::encode`].
     pub fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
-        let mut r = Reader::new(bytes)?;
-        let challenge = r.challenge()?;
-        let client_id = r.str()?.ok_or_else(corrupt)?;
-        let state = CodeState::from_byte(r.byte()?).ok_or_else(corrupt)?;
-        let failures = u32::from_be_bytes(r.array()?);
-        r.end()?;
-        Ok(Self {
-            binding: CodeBinding {
-                challenge,
-                client_id,
-            },
-            state,
-            failures,
-        })
-    }
-}
-
-const FORMAT_VERSION: u8 = 1;
-
-fn challenge_len(challenge: Option<&CodeChallenge>) -> usize {
-    challenge.map_or(1, CodeChallenge::written_len)
-}
-
-fn str_len(value: Option<&str>) -> usize {
-    value.map_or(1, |v| 5 + v.len())
-}
-
-fn write_challenge(out: &mut Vec<u8>, challenge: Option<&CodeChallenge>) {
-    match challenge {
-        Some(challenge) => challenge.write_to(out),
-        None => out.push(b'N'),
-    }
-}
-
-fn write_str(out: &mut Vec<u8>, value: Option<&str>) {
-    match value {
-        // Values longer than u32::MAX cannot reach a store: bodies are bounded far below.
-        Some(value) => {
-            out.push(1);
-            out.extend_from_slice(&(value.len() as u32).to_be_bytes());
-            out.extend_from_slice(value.as_bytes());
-        }
-        None => out.push(0),
-    }
-}
-
-fn corrupt() -> StoreError {
-    StoreError::backend("corrupt record")
-}
-
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn new(bytes: &'a [u8]) -> Result<Self, StoreError> {
-        match bytes.split_first() {
-            Some((&FORMAT_VERSION, rest)) => Ok(Self(rest)),
-            _ => Err(corrupt()),
-        }
-    }
-
-    fn byte(&mut self) -> Result<u8, StoreError> {
-        let (&b, rest) = self.0.split_first().ok_or_else(corrupt)?;
-        self.0 = rest;
-        Ok(b)
-    }
-
-    fn take(&mut self, n: usize) -> Result<&'a [u8], StoreError> {
-        if self.0.len() < n {
-            return Err(corrupt());
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Ok(head)
-    }
-
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], StoreError> {
-        self.take(N)?.try_into().map_err(|_| corrupt())
-    }
-
-    fn challenge(&mut self) -> Result<Option<CodeChallenge>, StoreError> {
-        if self.0.first() == Some(&b'N') {
-            self.0 = self.0.get(1..).unwrap_or_default();
-            return Ok(None);
-        }
-        let (challenge, used) = CodeChallenge::read_from(self.0).ok_or_else(corrupt)?;
-        self.take(used)?;
-        Ok(Some(challenge))
-    }
-
-    fn str(&mut self) -> Result<Option<Box<str>>, StoreError> {
-        if self.byte()? == 0 {
-            return Ok(None);
-        }
-        let len = u32::from_be_bytes(self.array()?) as usize;
-        let bytes = self.take(len)?;
-        let value = std::str::from_utf8(bytes).map_err(|_| corrupt())?;
-        Ok(Some(value.into()))
-    }
-
-    fn end(&self) -> Result<(), StoreError> {
-        if self.0.is_empty() {
-            Ok(())
-        } else {
-            Err(corrupt())
-        }
+        codec::decode_code(bytes)
     }
 }
 
@@ -460,6 +328,28 @@ impl StdError for StoreError {
 ///
 /// Implementations must be cheap to share: the layer keeps one behind an `Arc` and every clone
 /// of the layer, and every service it makes, uses that one store.
+///
+/// # The contract
+///
+/// The method docs say what each step does; the conformance suite, `store::conformance`
+/// (feature `test-util`), is the contract in full: a store is correct for the layer when it
+/// passes every case there (`run_all`, and the capacity case on a bounded store).
+/// [`MemoryStore`] and `RedisStore` run that suite in this crate's tests. In a store's own
+/// tests:
+///
+/// ```toml
+/// [dev-dependencies]
+/// tower-pkce = { version = "0.1", features = ["test-util"] }
+/// ```
+///
+/// A store that keeps bytes can use the records' own encoding ([`codec`]).
+///
+/// # Security
+///
+/// An entry lost before it expires fails closed (the flow's code is refused), except a
+/// `Redeemed` tombstone: forgetting one lets a legacy server that accepts codes twice take an
+/// exempt client's code again. A store must not drop tombstones early; [`MemoryStore`] refuses
+/// new entries when full ([`StoreError::Full`]) rather than evict any.
 pub trait ChallengeStore: Send + Sync + 'static {
     /// Records a new pending flow under `handle` unless one exists.
     ///
@@ -597,7 +487,7 @@ impl LayerStore {
     ) -> StoreFuture<'_, Result<bool, StoreError>> {
         match self {
             Self::Memory(store) => {
-                let record = encode_flow(challenge.as_ref(), client_id, redirect_uri, state);
+                let record = codec::encode_flow(challenge.as_ref(), client_id, redirect_uri, state);
                 StoreFuture::Ready(std::future::ready(
                     store.create_flow_encoded(handle, record, ttl),
                 ))
@@ -621,7 +511,7 @@ impl LayerStore {
     ) -> StoreFuture<'_, Result<bool, StoreError>> {
         match self {
             Self::Memory(store) => {
-                let record = encode_code(challenge, client_id, CodeState::Live, 0);
+                let record = codec::encode_code(challenge, client_id, CodeState::Live, 0);
                 StoreFuture::Ready(std::future::ready(Ok(
                     store.bind_code_encoded(code, record, ttl)
                 )))
@@ -733,148 +623,5 @@ impl<T: ChallengeStore> DynStore for T {
         max_failures: u32,
     ) -> BoxFuture<'_, Result<Option<CodeState>, StoreError>> {
         Box::pin(ChallengeStore::record_failure(self, code, max_failures))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::pkce::ChallengeMethod;
-
-    fn s256() -> CodeChallenge {
-        CodeChallenge::parse(
-            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
-            ChallengeMethod::S256,
-        )
-        .unwrap()
-    }
-
-    #[test]
-    fn flows_round_trip() {
-        let flows = [
-            PendingFlow {
-                challenge: Some(s256()),
-                client_id: "app".into(),
-                redirect_uri: Some("https://app.example/cb".into()),
-                state: Some("xyz é".into()),
-            },
-            PendingFlow {
-                challenge: None,
-                client_id: "svc".into(),
-                redirect_uri: None,
-                state: None,
-            },
-            PendingFlow {
-                challenge: Some(
-                    CodeChallenge::parse(&"p".repeat(60), ChallengeMethod::Plain).unwrap(),
-                ),
-                client_id: "".into(),
-                redirect_uri: None,
-                state: Some("".into()),
-            },
-        ];
-        for flow in flows {
-            let bytes = flow.encode();
-            assert_eq!(PendingFlow::decode(&bytes).unwrap(), flow);
-            // Every truncation is refused, never misread.
-            for cut in 0..bytes.len() {
-                assert!(PendingFlow::decode(&bytes[..cut]).is_err(), "cut at {cut}");
-            }
-            let mut longer = bytes.clone();
-            longer.push(0);
-            assert!(PendingFlow::decode(&longer).is_err());
-        }
-    }
-
-    #[test]
-    fn code_records_round_trip() {
-        for (state, failures) in [
-            (CodeState::Live, 0),
-            (CodeState::Live, 4),
-            (CodeState::Redeemed, 2),
-            (CodeState::Burned, 5),
-        ] {
-            for challenge in [Some(s256()), None] {
-                let mut record = CodeRecord::new(CodeBinding::new(challenge, "app"), state);
-                record.failures = failures;
-                let bytes = record.encode();
-                assert_eq!(CodeRecord::decode(&bytes).unwrap(), record);
-                for cut in 0..bytes.len() {
-                    assert!(CodeRecord::decode(&bytes[..cut]).is_err());
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn keys_are_digests_and_debug_shows_a_fingerprint_only() {
-        let key = StoreKey::for_code(b"SplxlOBeZQQYbYS6WxSbIA");
-        assert_eq!(key, StoreKey::for_code(b"SplxlOBeZQQYbYS6WxSbIA"));
-        assert_ne!(key, StoreKey::for_code(b"other"));
-        assert_eq!(key.fingerprint().len(), 8);
-        assert!(!format!("{key:?}").contains("Splx"));
-    }
-
-    #[tokio::test]
-    async fn a_memory_store_is_called_directly_and_others_through_the_mirror() {
-        let memory = MemoryStore::new();
-        let direct = LayerStore::new(memory.clone());
-        assert!(matches!(direct, LayerStore::Memory(_)));
-        // What `LayerStore::new` makes of any other store (tests/hygiene.rs and the Redis tests
-        // drive real ones through the layer): here over a memory store, to compare answers.
-        let behind = MemoryStore::new();
-        let mirrored = LayerStore::Dyn(Arc::new(behind.clone()));
-
-        // Both paths reach the store they were given, with the same answers.
-        for (store, maps) in [(&direct, &memory), (&mirrored, &behind)] {
-            let handle = StoreKey::for_handle("h");
-            let flow = PendingFlow::new(Some(s256()), "app", None, Some("s"));
-            assert!(matches!(
-                store
-                    .create_flow(handle, flow.clone(), Duration::from_secs(60))
-                    .await,
-                Ok(true)
-            ));
-            assert_eq!(maps.len(), 1);
-            assert!(matches!(
-                store
-                    .create_flow(handle, flow.clone(), Duration::from_secs(60))
-                    .await,
-                Ok(false)
-            ));
-            assert_eq!(store.take_flow(handle).await.ok().flatten(), Some(flow));
-            let code = StoreKey::for_code(b"c");
-            let binding = CodeBinding::new(Some(s256()), "app");
-            assert!(matches!(
-                store
-                    .bind_code(code, binding, Duration::from_secs(60))
-                    .await,
-                Ok(true)
-            ));
-            assert!(matches!(store.redeem(code).await, Ok(true)));
-            assert!(matches!(store.redeem(code).await, Ok(false)));
-            assert!(matches!(store.unredeem(code).await, Ok(true)));
-            assert!(matches!(
-                store.record_failure(code, 1).await,
-                Ok(Some(CodeState::Burned))
-            ));
-            let record = store.code(code).await.ok().flatten();
-            assert_eq!(record.map(|r| r.state()), Some(CodeState::Burned));
-
-            // Records made from their parts read back as the records themselves.
-            let ttl = Duration::from_secs(60);
-            let other = StoreKey::for_handle("other");
-            let made =
-                store.create_new_flow(other, Some(s256()), "app", Some("https://a/cb"), None, ttl);
-            assert!(matches!(made.await, Ok(true)));
-            let expected = PendingFlow::new(Some(s256()), "app", Some("https://a/cb"), None);
-            assert_eq!(store.take_flow(other).await.ok().flatten(), Some(expected));
-            let fresh = StoreKey::for_code(b"fresh");
-            let bound = store.bind_new_code(fresh, Some(&s256()), "app", ttl);
-            assert!(matches!(bound.await, Ok(true)));
-            let record = store.code(fresh).await.ok().flatten();
-            let expected = CodeRecord::new(CodeBinding::new(Some(s256()), "app"), CodeState::Live);
-            assert_eq!(record, Some(expected));
-        }
     }
 }

@@ -131,8 +131,7 @@ return state",
 /// - **Failing closed.** Every operation is bounded by a timeout (default one second); a timeout,
 ///   a lost connection or any Redis error is [`StoreError::Backend`], and the layer answers 503
 ///   without forwarding anything. Redis refusing a write for `maxmemory` (`OOM`) is
-///   [`StoreError::Full`]. Run Redis with `maxmemory-policy noeviction`: an evicted record
-///   would read as absent.
+///   [`StoreError::Full`].
 /// - **Connecting.** [`RedisStore::open`] only parses the URL; the first operation connects, and
 ///   a lost connection is re-established in the background (the `redis` crate's connection
 ///   manager). [`RedisStore::ping`] tells whether the server answers now.
@@ -145,6 +144,23 @@ return state",
 ///
 /// Needs Redis 7 or Valkey (the scripts carry flags): connecting loads them, so an older server
 /// fails there, and every operation fails closed, rather than later.
+///
+/// # Security
+///
+/// - **The server must never evict the store's keys.** Run it with a `maxmemory` and
+///   `maxmemory-policy noeviction`. An evicted record reads as absent: a pending flow is lost
+///   (the user signs in again) and a bound code is refused (fail closed), but an exempt
+///   client's used code is forgotten, and a legacy server that accepts a code twice would then
+///   take it again. Every key the store writes carries a TTL, so the `volatile-*` policies
+///   evict them as readily as the `allkeys-*` ones: only `noeviction` keeps them. With it, a
+///   full server refuses new flows ([`StoreError::Full`], a 503) while flows in progress
+///   complete; without a `maxmemory`, a flood of authorization requests grows the server until
+///   the TTLs catch up. On connecting, the store logs a warning if the policy is not
+///   `noeviction` or there is no `maxmemory` (when the server allows `INFO`).
+/// - **Who can write to the server can forge records**, and so bind any code to a challenge of
+///   their choosing or give a redeemed code back: keep the server private to the replicas
+///   (a password or ACL user, TLS with `rediss://` across untrusted networks). Keys are
+///   SHA-256 digests of codes and handles: a dump of the server yields no usable code.
 #[derive(Clone)]
 pub struct RedisStore {
     server: Arc<Server>,
