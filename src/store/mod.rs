@@ -30,6 +30,7 @@ use crate::pkce::CodeChallenge;
 
 pub mod codec;
 #[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod conformance;
 mod memory;
 #[cfg(feature = "redis")]
@@ -41,6 +42,7 @@ pub use memory::DEFAULT_CAPACITY;
 
 pub use memory::MemoryStore;
 #[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use redis::{RedisStore, DEFAULT_PREFIX, DEFAULT_TIMEOUT};
 
 /// The key of a record: the SHA-256 digest of a handle or of an authorization code, so a dump
