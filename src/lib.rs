@@ -122,6 +122,7 @@ pub mod future;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+mod indexed;
 mod layer;
 mod metrics;
 mod oauth;

@@ -13,9 +13,10 @@ use http::{Method, Request, Response};
 use http_body::Body;
 use tower_service::Service;
 
+use super::response::finish_response;
 use super::{
-    allow, finish_response, log, plainly_framed, read_body, refuse, respond, set_length,
-    store_reason, with_path_and_query,
+    allow, log, plainly_framed, read_body, refuse, respond, set_length, store_reason,
+    with_path_and_query,
 };
 use crate::body::PkceBody;
 use crate::layer::{Mode, Shared};
@@ -259,7 +260,7 @@ where
         };
         return rebuild(shared, parts, bare)
             .map(|req| (req, None))
-            .ok_or_else(|| error::json(Reason::MalformedParameter));
+            .ok_or_else(|| error::json(Reason::UnbuildableRequest));
     }
     match Box::pin(check_token(shared, &parts, &bytes)).await {
         Ok(checked) => {
@@ -272,7 +273,7 @@ where
                 preflight: false,
             };
             let req = rebuild(shared, parts, rebuilt)
-                .ok_or_else(|| error::json(Reason::MalformedParameter))?;
+                .ok_or_else(|| error::json(Reason::UnbuildableRequest))?;
             Ok((req, checked.redemption))
         }
         Err((reason, client, code)) => {
