@@ -21,6 +21,7 @@ use crate::metrics::Pass;
 use crate::oauth::authorize::{self, AuthorizeParams, Part};
 use crate::oauth::error::{self, Reason};
 use crate::oauth::redirect;
+use crate::pkce::CodeChallenge;
 use crate::store::{PendingFlow, StoreKey};
 use crate::BoxError;
 
@@ -56,47 +57,54 @@ fn authorize_refusal(
     }
 }
 
-/// Whether a live flow's record agrees with a request that re-enters it: the same client and
-/// redirect URI, each present or absent alike, and the same challenge or none at all (a
-/// consent form written before PKCE posts back without the challenge fields, or with them
-/// empty: the code stays bound to the recorded challenge). Anything else reusing a live
-/// handle is an attempt on someone else's flow.
-fn reentry_matches(
-    flow: &PendingFlow,
-    params: &AuthorizeParams<'_>,
-    allow_plain: bool,
-) -> Result<(), Reason> {
-    let same_challenge = match params.challenge {
-        // Omitted (an empty value is absent): whatever the method says, nothing to compare.
-        None => true,
-        Some(_) => authorize::check_pkce(params, allow_plain, false)?.as_ref() == flow.challenge(),
-    };
-    let same = same_challenge
-        && params.client_id.as_deref() == Some(flow.client_id())
-        && params.redirect_uri.as_deref() == flow.redirect_uri();
-    if same {
-        Ok(())
-    } else {
-        Err(Reason::HandleMismatch)
-    }
+/// The configuration an authorization decision depends on, for the request's client.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct AuthorizePolicy {
+    /// The client is exempt from PKCE.
+    pub(crate) exempt: bool,
+    /// `plain` challenges are allowed.
+    pub(crate) allow_plain: bool,
+    /// A PAR endpoint is configured, so a `request_uri` may name a pushed request.
+    pub(crate) par: bool,
 }
 
-pub(super) enum AuthorizeDecision {
-    /// Forward the request as it came.
-    Unchanged,
-    /// Forward with the client's state replaced by this handle.
-    Wrapped(Handle),
+/// Where an authorization request's decision goes next: the checks that need no store.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Route<'p> {
+    /// Decided without the store.
+    Decided(AuthorizeDecision),
+    /// Decided by the pushed request this `request_uri` names ([`decide_request_uri`]).
+    RequestUri(&'p str),
+    /// Decided by the live flow the request's `state` may be the handle of
+    /// ([`decide_authorize`]).
+    ByState,
 }
 
-async fn decide_authorize(
-    shared: &Shared,
-    params: &AuthorizeParams<'_>,
+/// What to do with an authorization (or pushed) request.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum AuthorizeDecision {
+    /// Not a code flow: forwarded as it came, nothing recorded.
+    PassThrough,
+    /// Forwarded as it came, for this reason (a re-entry, an exempt request object).
+    Forward(Pass),
+    /// A new flow with this challenge (`None`: an exempt client's, unbound) is recorded under
+    /// a fresh handle, which replaces the client's state.
+    Record(Option<CodeChallenge>),
+}
+
+/// The checks of an authorization request that need no store: the client, lengths, and
+/// request objects. `pushed` for a pushed request (RFC 9126), which never refers to another.
+pub(crate) fn route_authorize<'p>(
+    params: &'p AuthorizeParams<'_>,
     pushed: bool,
-) -> Result<AuthorizeDecision, Reason> {
-    let config = &shared.config;
-    const EP: &str = "authorize";
-    let client = params.client_id.as_deref();
-    let Some(client_id) = client else {
+    policy: AuthorizePolicy,
+) -> Result<Route<'p>, Reason> {
+    // Not a code flow, unless a request object or a request by reference may make it one
+    // (its response_type is inside).
+    if !params.wants_code && !params.request_object {
+        return Ok(Route::ByState);
+    }
+    let Some(client_id) = params.client_id.as_deref() else {
         return Err(Reason::MissingClientId);
     };
     let too_long = client_id.len() > MAX_CLIENT_ID_LEN
@@ -105,33 +113,149 @@ async fn decide_authorize(
     if too_long {
         return Err(Reason::ParameterTooLong);
     }
-    let exempt = config.is_exempt(client_id);
-    if !pushed && config.par_path.is_some() && !params.request {
+    if !pushed && policy.par && !params.request {
         if let Some(uri) = params.request_uri.as_deref() {
-            // Boxed: the rarer path, kept out of every authorization request's future.
-            return Box::pin(decide_by_request_uri(shared, params, client_id, uri)).await;
+            return Ok(Route::RequestUri(uri));
         }
     }
     if params.request_object {
-        if exempt {
-            allow(shared, EP, client, Pass::ExemptRequestObject, None);
-            return Ok(AuthorizeDecision::Unchanged);
+        if policy.exempt {
+            return Ok(Route::Decided(AuthorizeDecision::Forward(
+                Pass::ExemptRequestObject,
+            )));
         }
         return Err(Reason::RequestObject);
     }
-    if let Some(flow) = live_flow(shared, params).await? {
-        if pushed {
-            // A pushed request never re-enters a flow: its state is the client's own.
-            return Err(Reason::HandleMismatch);
-        }
-        reentry_matches(&flow, params, config.allow_plain)?;
-        if params.response_mode.as_deref() == Some("form_post") {
-            shared.form_post.open(config.pending_ttl);
-        }
-        allow(shared, EP, client, Pass::Reentry, None);
-        return Ok(AuthorizeDecision::Unchanged);
+    Ok(Route::ByState)
+}
+
+/// The decision on a request routed [`Route::ByState`], given the live flow whose handle its
+/// `state` is (`None`: no such flow).
+///
+/// A request re-entering a live flow (a login page or consent form posting back to the
+/// authorization endpoint) is forwarded unchanged when it agrees with the flow's record: the
+/// same client and redirect URI, each present or absent alike, and the same challenge or
+/// none at all (a consent form written before PKCE posts back without the challenge fields,
+/// or with them empty: the code stays bound to the recorded challenge). Anything else reusing
+/// a live handle is an attempt on someone else's flow, and so is a pushed request or a
+/// request that is no code flow.
+pub(crate) fn decide_authorize(
+    params: &AuthorizeParams<'_>,
+    pushed: bool,
+    policy: AuthorizePolicy,
+    live: Option<&PendingFlow>,
+) -> Result<AuthorizeDecision, Reason> {
+    if !params.wants_code && !params.request_object {
+        // Only a matching code-flow request may use a live flow's handle (else it would end
+        // the flow and be handed the flow's own state).
+        return match live {
+            None => Ok(AuthorizeDecision::PassThrough),
+            Some(_) => Err(Reason::HandleMismatch),
+        };
     }
-    let challenge = authorize::check_pkce(params, config.allow_plain, exempt)?;
+    let Some(flow) = live else {
+        let challenge = authorize::check_pkce(params, policy.allow_plain, policy.exempt)?;
+        return Ok(AuthorizeDecision::Record(challenge));
+    };
+    if pushed {
+        // A pushed request never re-enters a flow: its state is the client's own.
+        return Err(Reason::HandleMismatch);
+    }
+    let same_challenge = match params.challenge {
+        // Omitted (an empty value is absent): whatever the method says, nothing to compare.
+        None => true,
+        Some(_) => {
+            authorize::check_pkce(params, policy.allow_plain, false)?.as_ref() == flow.challenge()
+        }
+    };
+    let same = same_challenge
+        && params.client_id.as_deref() == Some(flow.client_id())
+        && params.redirect_uri.as_deref() == flow.redirect_uri();
+    if same {
+        Ok(AuthorizeDecision::Forward(Pass::Reentry))
+    } else {
+        Err(Reason::HandleMismatch)
+    }
+}
+
+/// The decision on a request by `request_uri` ([`Route::RequestUri`]), given the pushed
+/// request's record (`None`: unknown or expired) and whether the pushed flow is still live.
+/// The flow comes from the pushed request only: the client must be the one that pushed it,
+/// and PKCE parameters in the request, if any, must be the pushed ones.
+pub(crate) fn decide_request_uri(
+    params: &AuthorizeParams<'_>,
+    policy: AuthorizePolicy,
+    pushed: Option<&PendingFlow>,
+    live: bool,
+) -> Result<AuthorizeDecision, Reason> {
+    let Some(pushed) = pushed else {
+        if policy.exempt {
+            // An exempt client's request object (pushed as JAR, or hosted by the client).
+            return Ok(AuthorizeDecision::Forward(Pass::ExemptRequestObject));
+        }
+        return Err(Reason::UnknownRequestUri);
+    };
+    if params.client_id.as_deref() != Some(pushed.client_id()) {
+        return Err(Reason::PushedRequestMismatch);
+    }
+    if !live {
+        // The pushed flow delivered its code, or expired: the request_uri is spent.
+        return Err(Reason::UnknownRequestUri);
+    }
+    if params.challenge.is_some() || params.method.is_some() {
+        let challenge = authorize::check_pkce(params, policy.allow_plain, false)?;
+        if challenge.as_ref() != pushed.challenge() {
+            return Err(Reason::PushedRequestMismatch);
+        }
+    }
+    Ok(AuthorizeDecision::Forward(Pass::Reentry))
+}
+
+/// What is forwarded for an authorization request that passed.
+pub(super) enum Forward {
+    /// The request as it came.
+    Unchanged,
+    /// The request with the client's state replaced by this handle.
+    Wrapped(Handle),
+}
+
+/// Decides an authorization (or pushed) request and applies the decision's effects: the store
+/// lookups it needs, the flow it records, the log and metric.
+async fn apply_authorize(
+    shared: &Shared,
+    params: &AuthorizeParams<'_>,
+    pushed: bool,
+) -> Result<Forward, Reason> {
+    const EP: &str = "authorize";
+    let config = &shared.config;
+    let client = params.client_id.as_deref();
+    let policy = AuthorizePolicy {
+        exempt: client.is_some_and(|c| config.is_exempt(c)),
+        allow_plain: config.allow_plain,
+        par: config.par_path.is_some(),
+    };
+    let form_post = params.response_mode.as_deref() == Some("form_post");
+    let decision = match route_authorize(params, pushed, policy)? {
+        Route::Decided(decision) => decision,
+        // Boxed: the rarer path, kept out of every authorization request's future.
+        Route::RequestUri(uri) => Box::pin(by_request_uri(shared, params, policy, uri)).await?,
+        Route::ByState => {
+            let live = live_flow(shared, params).await?;
+            let decision = decide_authorize(params, pushed, policy, live.as_ref())?;
+            if form_post && decision == AuthorizeDecision::Forward(Pass::Reentry) {
+                shared.form_post.open(config.pending_ttl);
+            }
+            decision
+        }
+    };
+    let challenge = match decision {
+        AuthorizeDecision::PassThrough => return Ok(Forward::Unchanged),
+        AuthorizeDecision::Forward(pass) => {
+            allow(shared, EP, client, pass, None);
+            return Ok(Forward::Unchanged);
+        }
+        AuthorizeDecision::Record(challenge) => challenge,
+    };
     let pass = if challenge.is_some() {
         Pass::FlowRecorded
     } else {
@@ -141,7 +265,7 @@ async fn decide_authorize(
     let created = shared.store.create_new_flow(
         StoreKey::for_handle(handle.as_str()),
         challenge,
-        client_id,
+        client.unwrap_or_default(),
         params.redirect_uri.as_deref(),
         params.state.as_deref(),
         config.pending_ttl,
@@ -152,12 +276,12 @@ async fn decide_authorize(
         Ok(false) => return Err(Reason::HandleCollision),
         Err(e) => return Err(store_reason(&e)),
     }
-    if params.response_mode.as_deref() == Some("form_post") {
+    if form_post {
         // The code comes back in an HTML page: read pages while this flow may be pending.
         shared.form_post.open(config.pending_ttl);
     }
     allow(shared, EP, client, pass, None);
-    Ok(AuthorizeDecision::Wrapped(handle))
+    Ok(Forward::Wrapped(handle))
 }
 
 /// The decision on a parsed authorization (or pushed) request; a refusal keeps the parameters
@@ -166,25 +290,11 @@ pub(super) async fn decide_parsed<'a>(
     shared: &Shared,
     parsed: Result<AuthorizeParams<'a>, Reason>,
     pushed: bool,
-) -> Result<(AuthorizeDecision, AuthorizeParams<'a>), (Reason, Option<AuthorizeParams<'a>>)> {
-    match parsed {
-        Err(reason) => Err((reason, None)),
-        // Not a code flow, unless a request object or a request by reference may make it one
-        // (its response_type is inside).
-        Ok(params) if !params.wants_code && !params.request_object => {
-            // Not a code flow, but it may still try to use a live flow's handle: only a
-            // matching code-flow request may (else it would end the flow and be handed the
-            // flow's own state).
-            match live_flow(shared, &params).await {
-                Ok(None) => Ok((AuthorizeDecision::Unchanged, params)),
-                Ok(Some(_)) => Err((Reason::HandleMismatch, Some(params))),
-                Err(reason) => Err((reason, Some(params))),
-            }
-        }
-        Ok(params) => match decide_authorize(shared, &params, pushed).await {
-            Ok(decision) => Ok((decision, params)),
-            Err(reason) => Err((reason, Some(params))),
-        },
+) -> Result<(Forward, AuthorizeParams<'a>), (Reason, Option<AuthorizeParams<'a>>)> {
+    let params = parsed.map_err(|reason| (reason, None))?;
+    match apply_authorize(shared, &params, pushed).await {
+        Ok(forward) => Ok((forward, params)),
+        Err(reason) => Err((reason, Some(params))),
     }
 }
 
@@ -210,61 +320,38 @@ pub(super) fn pushed_key(request_uri: &str) -> StoreKey {
     StoreKey::for_handle(&format!("par:{request_uri}"))
 }
 
-/// An authorization request by `request_uri`: the flow comes from the pushed request only.
-/// The client must be the one that pushed it, and PKCE parameters in the request, if any,
-/// must be the pushed ones.
-async fn decide_by_request_uri(
+/// Looks up what [`decide_request_uri`] needs: the pushed request's record and whether its
+/// flow is live. The record's `state` is the handle of the pushed flow.
+async fn by_request_uri(
     shared: &Shared,
     params: &AuthorizeParams<'_>,
-    client_id: &str,
+    policy: AuthorizePolicy,
     request_uri: &str,
 ) -> Result<AuthorizeDecision, Reason> {
-    let record = shared
-        .store
+    let store = &shared.store;
+    let record = store
         .flow(pushed_key(request_uri))
         .await
         .map_err(|e| store_reason(&e))?;
-    let Some(pushed) = record else {
-        if shared.config.is_exempt(client_id) {
-            // An exempt client's request object (pushed as JAR, or hosted by the client).
-            allow(
-                shared,
-                "authorize",
-                Some(client_id),
-                Pass::ExemptRequestObject,
-                None,
-            );
-            return Ok(AuthorizeDecision::Unchanged);
-        }
-        return Err(Reason::UnknownRequestUri);
-    };
-    if pushed.client_id() != client_id {
-        return Err(Reason::PushedRequestMismatch);
-    }
-    // The record's `state` is the handle of the pushed flow: once that flow has delivered its
-    // code (or expired), the request_uri is spent.
-    let live = match pushed.state() {
-        Some(handle) => shared
-            .store
+    // Looked up only for the client that pushed it: the decision reads it only then.
+    let handle = record
+        .as_ref()
+        .filter(|p| params.client_id.as_deref() == Some(p.client_id()))
+        .and_then(PendingFlow::state);
+    let live = match handle {
+        Some(handle) => store
             .flow(StoreKey::for_handle(handle))
             .await
             .map_err(|e| store_reason(&e))?
             .is_some(),
         None => false,
     };
-    if !live {
-        return Err(Reason::UnknownRequestUri);
+    if live {
+        // The pushed request may have asked for form_post, and this replica may not have
+        // seen it.
+        shared.form_post.open(shared.config.pending_ttl);
     }
-    // The pushed request may have asked for form_post, and this replica may not have seen it.
-    shared.form_post.open(shared.config.pending_ttl);
-    if params.challenge.is_some() || params.method.is_some() {
-        let challenge = authorize::check_pkce(params, shared.config.allow_plain, false)?;
-        if challenge.as_ref() != pushed.challenge() {
-            return Err(Reason::PushedRequestMismatch);
-        }
-    }
-    allow(shared, "authorize", Some(client_id), Pass::Reentry, None);
-    Ok(AuthorizeDecision::Unchanged)
+    decide_request_uri(params, policy, record.as_ref(), live)
 }
 
 pub(super) async fn authorize_request<S, ReqBody, ResBody>(
@@ -337,7 +424,7 @@ where
 
     let query = parts.uri.query().unwrap_or_default().as_bytes();
     let parsed = authorize::parse(query, buffered.as_deref());
-    let (decision, params) = match Box::pin(decide_parsed(shared, parsed, false)).await {
+    let (forward, params) = match Box::pin(decide_parsed(shared, parsed, false)).await {
         Ok(ok) => ok,
         Err((reason, params)) => {
             let client = params.as_ref().and_then(|p| p.client_id.as_deref());
@@ -349,7 +436,7 @@ where
                     accept.as_ref(),
                 ));
             }
-            (AuthorizeDecision::Unchanged, params.unwrap_or_default())
+            (Forward::Unchanged, params.unwrap_or_default())
         }
     };
 
@@ -363,7 +450,7 @@ where
     // the client used.
     let canonical = shared.config.authorize_path.written();
     let mut target = None;
-    if let AuthorizeDecision::Wrapped(handle) = decision {
+    if let Forward::Wrapped(handle) = forward {
         // The state's pair in the body, and in the query: both, where identical copies were
         // sent in both places.
         let (body_span, query_span) = match state_at {
@@ -407,3 +494,6 @@ where
     }
     Ok(Request::from_parts(parts, forward_body(buffered, body)))
 }
+
+#[cfg(test)]
+mod tests;

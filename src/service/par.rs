@@ -11,7 +11,7 @@ use http_body::Body;
 use http_body_util::{BodyExt as _, Limited};
 use tower_service::Service;
 
-use super::authorize::{decide_parsed, pushed_key, AuthorizeDecision};
+use super::authorize::{decide_parsed, pushed_key, Forward};
 use super::response::finish_response;
 use super::{
     is_form_or_untyped, plainly_framed, read_body, refuse, respond, set_length, store_reason, token,
@@ -90,13 +90,13 @@ where
             if !refuse(&shared, EP, client, reason, None) {
                 return Ok(respond(error::json(reason)));
             }
-            (AuthorizeDecision::Unchanged, params.unwrap_or_default())
+            (Forward::Unchanged, params.unwrap_or_default())
         }
     };
     // What is pushed upstream is rebuilt from what was read, as at the token endpoint: the
     // endpoint's path, the allowed headers, and the body encoded afresh.
     let pushed = match &decision {
-        AuthorizeDecision::Wrapped(handle) => {
+        Forward::Wrapped(handle) => {
             let span = match params.state_at.clone() {
                 Some((Part::Body, span)) => Some(span),
                 _ => None,
@@ -108,7 +108,7 @@ where
     let pushed = match pushed {
         Ok(pushed) => pushed,
         Err(reason) => {
-            if let AuthorizeDecision::Wrapped(handle) = &decision {
+            if let Forward::Wrapped(handle) = &decision {
                 let _ = shared
                     .store
                     .take_flow(StoreKey::for_handle(handle.as_str()))
@@ -137,7 +137,7 @@ where
     let Some(req) = token::rebuild(&shared, parts, rebuilt) else {
         return Ok(respond(error::json(Reason::UnbuildableRequest)));
     };
-    let AuthorizeDecision::Wrapped(handle) = decision else {
+    let Forward::Wrapped(handle) = decision else {
         return Ok(finish_response(&shared, inner.call(req).await?, false).await);
     };
     let response = inner.call(req).await;
