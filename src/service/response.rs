@@ -186,11 +186,51 @@ where
     }
 }
 
-/// For an authorization response that carries `handle` as its state and goes to `target`
-/// (a redirect's `Location`, a form_post page's `action`): takes the pending flow, binds
-/// `code` to it (or releases it on `error`), and returns it so the caller can put the
-/// client's own state back. `Ok(None)` when the response is not one of the layer's (no such
-/// flow, or not the flow's redirect URI): it then passes unchanged.
+/// What an authorization response carrying one of the layer's handles does to its flow.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Settle<'c> {
+    /// No such flow (not one of ours, or expired): the response passes unchanged. A code in
+    /// it is unknown to the layer, so it fails closed at the token endpoint.
+    NotOurs,
+    /// The response goes elsewhere than the flow's redirect URI: some other response of the
+    /// upstream's (an open redirector, say) echoing a handle. The flow is put back untouched
+    /// rather than a code someone else chose bound to another user's flow; the response
+    /// passes unchanged.
+    PutBack,
+    /// The code is bound to the flow's challenge and client; the client's state goes back.
+    Bind(&'c [u8]),
+    /// An error response: the flow ends, the client's state goes back.
+    Release,
+    /// Neither code nor error: the client's state goes back.
+    Restore,
+}
+
+/// The decision on an authorization response that carries a handle as its state and goes to
+/// `target` (a redirect's `Location`, a form_post page's `action`), given the flow taken for
+/// that handle and the client's configured redirect URIs.
+pub(crate) fn decide_settle<'c>(
+    flow: Option<&PendingFlow>,
+    target: &str,
+    registered: &[Box<str>],
+    code: Option<&'c [u8]>,
+    error: bool,
+) -> Settle<'c> {
+    let Some(flow) = flow else {
+        return Settle::NotOurs;
+    };
+    if !redirect::targets(target, flow.redirect_uri(), registered) {
+        return Settle::PutBack;
+    }
+    match (code, error) {
+        (Some(code), _) => Settle::Bind(code),
+        (None, true) => Settle::Release,
+        (None, false) => Settle::Restore,
+    }
+}
+
+/// Takes the pending flow of `handle` and applies [`decide_settle`]: binds the code, releases
+/// or puts back the flow, and returns the flow so the caller can put the client's own state
+/// back. `Ok(None)` when the response passes unchanged.
 async fn settle_flow(
     shared: &Shared,
     handle: &str,
@@ -201,10 +241,7 @@ async fn settle_flow(
     const EP: &str = "redirect";
     let handle = StoreKey::for_handle(handle);
     let flow = match shared.store.take_flow(handle).await {
-        Ok(Some(flow)) => flow,
-        // Not one of ours, or expired: the response passes as it is. A code in it is unknown
-        // to the layer, so it fails closed at the token endpoint.
-        Ok(None) => return Ok(None),
+        Ok(flow) => flow,
         Err(e) => {
             let reason = store_reason(&e);
             if refuse(shared, EP, None, reason, None) {
@@ -213,47 +250,51 @@ async fn settle_flow(
             return Err(reason);
         }
     };
-    let client = Some(flow.client_id());
-    let registered = shared
-        .config
-        .redirect_uris
-        .get(flow.client_id())
+    let registered = flow
+        .as_ref()
+        .and_then(|f| shared.config.redirect_uris.get(f.client_id()))
         .map_or(&[][..], Vec::as_slice);
-    if !redirect::targets(target, flow.redirect_uri(), registered) {
-        // Not the flow's redirect URI: some other response of the upstream's (an open
-        // redirector, say) echoing a handle. Put the flow back untouched rather than bind a
-        // code someone else chose to another user's flow.
-        tracing::warn!(target: "tower_pkce", client_id = ?flow.client_id(), "response with a live handle to another URI ignored");
-        let ttl = shared.config.pending_ttl;
-        return match shared.store.create_flow(handle, flow, ttl).await {
-            Ok(_) => Ok(None),
-            Err(e) => Err(store_reason(&e)),
-        };
-    }
-    if let Some(code) = code {
-        let key = StoreKey::for_code(code);
-        let bound = shared.store.bind_new_code(
-            key,
-            flow.challenge(),
-            flow.client_id(),
-            shared.config.code_ttl,
-        );
-        let outcome = match bound.await {
-            Ok(true) => Ok(()),
-            // The upstream issued a code it issued before: refuse to guess which flow owns it.
-            Ok(false) => Err(Reason::DuplicateCode),
-            Err(e) => Err(store_reason(&e)),
-        };
-        match outcome {
-            Ok(()) => allow(shared, EP, client, Pass::CodeBound, Some(&key)),
-            Err(reason) => {
-                if !refuse(shared, EP, client, reason, Some(&key)) {
-                    return Err(reason);
+    let settle = decide_settle(flow.as_ref(), target, registered, code, error);
+    let Some(flow) = flow else {
+        return Ok(None);
+    };
+    let client = Some(flow.client_id());
+    match settle {
+        Settle::NotOurs => return Ok(None),
+        Settle::PutBack => {
+            tracing::warn!(target: "tower_pkce", client_id = ?flow.client_id(), "response with a live handle to another URI ignored");
+            let ttl = shared.config.pending_ttl;
+            return match shared.store.create_flow(handle, flow, ttl).await {
+                Ok(_) => Ok(None),
+                Err(e) => Err(store_reason(&e)),
+            };
+        }
+        Settle::Bind(code) => {
+            let key = StoreKey::for_code(code);
+            let bound = shared.store.bind_new_code(
+                key,
+                flow.challenge(),
+                flow.client_id(),
+                shared.config.code_ttl,
+            );
+            let outcome = match bound.await {
+                Ok(true) => Ok(()),
+                // The upstream issued a code it issued before: refuse to guess which flow
+                // owns it.
+                Ok(false) => Err(Reason::DuplicateCode),
+                Err(e) => Err(store_reason(&e)),
+            };
+            match outcome {
+                Ok(()) => allow(shared, EP, client, Pass::CodeBound, Some(&key)),
+                Err(reason) => {
+                    if !refuse(shared, EP, client, reason, Some(&key)) {
+                        return Err(reason);
+                    }
                 }
             }
         }
-    } else if error {
-        allow(shared, EP, client, Pass::ErrorReleased, None);
+        Settle::Release => allow(shared, EP, client, Pass::ErrorReleased, None),
+        Settle::Restore => {}
     }
     Ok(Some(flow))
 }
@@ -308,4 +349,84 @@ where
     set_length(&mut parts.headers, rewritten.len());
     parts.headers.remove(header::ETAG);
     Response::from_parts(parts, PkceBody::full(Bytes::from(rewritten)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REDIRECT: &str = "https://app.example/cb";
+
+    /// Every case of a response carrying a handle: whose flow, where it goes, what it carries.
+    #[test]
+    fn a_response_settles_only_its_own_flow_at_its_redirect_uri() {
+        let with_uri = PendingFlow::new(None, "app", Some(REDIRECT), Some("s"));
+        let without_uri = PendingFlow::new(None, "app", None, None);
+        let registered: [Box<str>; 1] = [REDIRECT.into()];
+        let at = "https://app.example/cb?code=c&state=h";
+        let elsewhere = "https://evil.example/cb?code=c&state=h";
+        let code: Option<&[u8]> = Some(b"c");
+        let cases: &[(
+            Option<&PendingFlow>,
+            &str,
+            &[Box<str>],
+            Option<&[u8]>,
+            bool,
+            Settle<'_>,
+        )] = &[
+            (None, at, &[], code, false, Settle::NotOurs),
+            (None, at, &[], None, true, Settle::NotOurs),
+            (Some(&with_uri), at, &[], code, false, Settle::Bind(b"c")),
+            (Some(&with_uri), at, &[], code, true, Settle::Bind(b"c")),
+            (Some(&with_uri), at, &[], None, true, Settle::Release),
+            (Some(&with_uri), at, &[], None, false, Settle::Restore),
+            // The request's redirect_uri wins over the configured ones.
+            (
+                Some(&with_uri),
+                elsewhere,
+                &registered,
+                code,
+                false,
+                Settle::PutBack,
+            ),
+            (Some(&with_uri), elsewhere, &[], None, true, Settle::PutBack),
+            // Without one: a configured redirect URI, else any absolute URI.
+            (
+                Some(&without_uri),
+                at,
+                &registered,
+                code,
+                false,
+                Settle::Bind(b"c"),
+            ),
+            (
+                Some(&without_uri),
+                elsewhere,
+                &registered,
+                code,
+                false,
+                Settle::PutBack,
+            ),
+            (
+                Some(&without_uri),
+                elsewhere,
+                &[],
+                code,
+                false,
+                Settle::Bind(b"c"),
+            ),
+            (
+                Some(&without_uri),
+                "/login?state=h",
+                &[],
+                code,
+                false,
+                Settle::PutBack,
+            ),
+        ];
+        for (i, (flow, target, registered, code, error, expected)) in cases.iter().enumerate() {
+            let got = decide_settle(*flow, target, registered, *code, *error);
+            assert_eq!(&got, expected, "case {i}: {target} error={error}");
+        }
+    }
 }
