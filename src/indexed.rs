@@ -23,13 +23,11 @@ macro_rules! indexed_enum {
 
         impl $name {
             /// Every variant, in declaration order.
-            #[allow(dead_code)]
             pub(crate) const ALL: [$name; [$(stringify!($variant)),+].len()] =
                 [$($name::$variant),+];
 
             /// The variant's position in `ALL`: its discriminant, since the enum is fieldless
             /// and declares no discriminants.
-            #[allow(dead_code)]
             pub(crate) const fn index(self) -> usize {
                 self as usize
             }

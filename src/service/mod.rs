@@ -1,3 +1,7 @@
+//! [`Pkce`], the tower `Service`: routes a request by endpoint, and holds what the endpoints
+//! share (decision traces, request bodies, handles). Each endpoint's module keeps its decision
+//! pure and synchronous (`decide_*`), apart from its effects on the store.
+
 use std::task::{Context, Poll};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
