@@ -271,12 +271,6 @@ fn a_new_flow_is_recorded_by_the_pkce_policy() {
             STRICT,
             Got::Refused(Reason::MalformedChallenge),
         ),
-        // A pushed request records its flow like any other.
-        (
-            query(&with_s256('a')),
-            STRICT,
-            Got::Bound(ChallengeMethod::S256),
-        ),
         // Not a code flow: passed through, nothing recorded.
         (
             "response_type=token&state=s".into(),
@@ -291,6 +285,7 @@ fn a_new_flow_is_recorded_by_the_pkce_policy() {
             "{query} {policy:?}"
         );
     }
+    // A pushed request records its flow like any other.
     assert_eq!(
         decide(&query(&with_s256('a')), true, STRICT, None),
         Got::Bound(ChallengeMethod::S256)
