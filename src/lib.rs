@@ -155,6 +155,7 @@ pub mod future;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+mod indexed;
 mod layer;
 mod metrics;
 mod oauth;

@@ -1,6 +1,7 @@
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::indexed::indexed_enum;
 use crate::Reason;
 
 /// What the layer did with a request it inspected.
@@ -27,6 +28,7 @@ impl Outcome {
     }
 }
 
+indexed_enum! {
 /// Why the layer let something through: the `reason` of an [`Outcome::Allowed`] decision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Pass {
@@ -45,23 +47,9 @@ pub(crate) enum Pass {
     /// A CORS preflight at the token endpoint.
     Preflight,
 }
+}
 
 impl Pass {
-    const ALL: [Pass; 12] = [
-        Self::FlowRecorded,
-        Self::UnboundFlowRecorded,
-        Self::Reentry,
-        Self::ExemptRequestObject,
-        Self::CodeBound,
-        Self::ErrorReleased,
-        Self::Verified,
-        Self::UnboundRedeemed,
-        Self::ExemptUnknownCode,
-        Self::ReturnedToBound,
-        Self::OtherGrant,
-        Self::Preflight,
-    ];
-
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::FlowRecorded => "flow_recorded",
@@ -100,8 +88,7 @@ impl Default for Metrics {
 
 impl Metrics {
     pub(crate) fn pass(&self, pass: Pass) {
-        let i = Pass::ALL.iter().position(|p| *p == pass).unwrap_or(0);
-        if let Some(c) = self.allowed.get(i) {
+        if let Some(c) = self.allowed.get(pass.index()) {
             c.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -156,5 +143,61 @@ impl Metrics {
 impl fmt::Debug for Metrics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_list().entries(self.snapshot()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Fails to compile when a pass is added without a name here, and fails when `ALL` and
+    /// the arms disagree.
+    #[test]
+    fn every_pass_is_listed_once_at_its_index() {
+        let listed = |pass: Pass| match pass {
+            Pass::FlowRecorded
+            | Pass::UnboundFlowRecorded
+            | Pass::Reentry
+            | Pass::ExemptRequestObject
+            | Pass::CodeBound
+            | Pass::ErrorReleased
+            | Pass::Verified
+            | Pass::UnboundRedeemed
+            | Pass::ExemptUnknownCode
+            | Pass::ReturnedToBound
+            | Pass::OtherGrant
+            | Pass::Preflight => Pass::ALL.iter().filter(|p| **p == pass).count(),
+        };
+        for (i, pass) in Pass::ALL.iter().enumerate() {
+            assert_eq!(pass.index(), i, "{pass:?}");
+            assert_eq!(listed(*pass), 1, "{pass:?}");
+        }
+        // The arms above, counted.
+        assert_eq!(Pass::ALL.len(), 12);
+        let mut names: Vec<&str> = Pass::ALL.iter().map(|p| p.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Pass::ALL.len());
+    }
+
+    #[test]
+    fn counters_are_kept_per_reason_and_pass() {
+        let metrics = Metrics::default();
+        metrics.refuse(Reason::HandleCollision, false);
+        metrics.refuse(Reason::StoreUnavailable, true);
+        metrics.pass(Pass::Preflight);
+        assert_eq!(metrics.refused(Reason::HandleCollision), 1);
+        assert_eq!(metrics.refused(Reason::StoreUnavailable), 0);
+        assert_eq!(metrics.reported(Reason::StoreUnavailable), 1);
+        let mut snapshot = metrics.snapshot();
+        snapshot.sort_unstable_by_key(|(_, name, _)| *name);
+        assert_eq!(
+            snapshot,
+            [
+                (Outcome::Refused, "handle_collision", 1),
+                (Outcome::Allowed, "preflight", 1),
+                (Outcome::Reported, "store_unavailable", 1),
+            ]
+        );
     }
 }

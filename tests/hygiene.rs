@@ -1,4 +1,4 @@
-//! Store failures fail closed.
+//! Store failures fail closed; faults that are not the store's are not counted as its.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -193,4 +193,101 @@ async fn a_body_that_times_out_is_408_and_nothing_is_forwarded() {
         assert_eq!(json_body(&response)["error"], "invalid_request", "{path}");
     }
     assert!(legacy.token_bodies.lock().unwrap().is_empty());
+}
+
+/// An upstream whose authorization endpoint redirects at once with the same code every time,
+/// and whose PAR endpoint answers with `par_answer`.
+fn misbehaving_upstream(par_answer: &'static str) -> axum::Router {
+    use axum::extract::RawQuery;
+    use axum::response::IntoResponse;
+    let authorize = |RawQuery(query): RawQuery| async move {
+        let state = query
+            .as_deref()
+            .map(|q| query_of(&format!("/authorize?{q}")))
+            .and_then(|mut q| q.remove("state"))
+            .unwrap_or_default();
+        let location = format!(
+            "{REDIRECT}?code=always-the-same&state={}",
+            urlencode(&state)
+        );
+        (StatusCode::FOUND, [(header::LOCATION, location)]).into_response()
+    };
+    let par = move || async move {
+        (
+            StatusCode::CREATED,
+            [(header::CONTENT_TYPE, "application/json")],
+            par_answer,
+        )
+            .into_response()
+    };
+    axum::Router::new()
+        .route("/authorize", axum::routing::get(authorize))
+        .route("/par", axum::routing::post(par))
+}
+
+/// Faults that are not the store's get reasons of their own: the store's metric counts only
+/// its failures.
+#[tokio::test]
+async fn upstream_faults_are_not_store_failures() {
+    // A code issued twice: the second redirect is not delivered.
+    let layer = PkceLayer::new();
+    let app = misbehaving_upstream("{}").layer(layer.clone());
+    let query = |pkce: &Pkce| authorize_query(CLIENT, REDIRECT, Some("s"), Some(&pkce.challenge));
+    let first = app
+        .send(get(&format!("/authorize?{}", query(&Pkce::new()))))
+        .await;
+    assert_eq!(first.status(), StatusCode::FOUND);
+    assert_eq!(query_of(&location(&first))["state"], "s");
+    let second = app
+        .send(get(&format!("/authorize?{}", query(&Pkce::new()))))
+        .await;
+    assert_eq!(second.status(), StatusCode::BAD_GATEWAY);
+    assert!(!second.headers().contains_key(header::LOCATION));
+    assert_eq!(
+        second.extensions().get::<Reason>(),
+        Some(&Reason::DuplicateCode)
+    );
+    assert_eq!(layer.metrics().refused(Reason::DuplicateCode), 1);
+    assert_eq!(layer.metrics().refused(Reason::StoreUnavailable), 0);
+
+    // A PAR answer without request_uri, or not JSON: 502, try again.
+    let pushed = |pkce: &Pkce| {
+        form_urlencoded::Serializer::new(String::new())
+            .extend_pairs([
+                ("response_type", "code"),
+                ("client_id", CLIENT),
+                ("redirect_uri", REDIRECT),
+                ("code_challenge", pkce.challenge.as_str()),
+                ("code_challenge_method", "S256"),
+            ])
+            .finish()
+    };
+    for answer in ["{\"expires_in\":60}", "not json"] {
+        let layer = PkceLayer::new().par_path("/par");
+        let app = misbehaving_upstream(answer).layer(layer.clone());
+        let response = app.send(form_post("/par", &pushed(&Pkce::new()))).await;
+        assert_eq!(response.status(), StatusCode::BAD_GATEWAY, "{answer}");
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        assert_eq!(json_body(&response)["error"], "temporarily_unavailable");
+        assert_eq!(
+            response.extensions().get::<Reason>(),
+            Some(&Reason::UpstreamParUnreadable)
+        );
+        assert_eq!(layer.metrics().refused(Reason::StoreUnavailable), 0);
+    }
+
+    // The same request_uri for two pushed requests: the second is not remembered.
+    let layer = PkceLayer::new().par_path("/par");
+    let app = misbehaving_upstream("{\"request_uri\":\"urn:x:same\",\"expires_in\":60}")
+        .layer(layer.clone());
+    let first = app.send(form_post("/par", &pushed(&Pkce::new()))).await;
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let second = app.send(form_post("/par", &pushed(&Pkce::new()))).await;
+    assert_eq!(second.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(json_body(&second)["error"], "server_error");
+    assert_eq!(
+        second.extensions().get::<Reason>(),
+        Some(&Reason::DuplicateRequestUri)
+    );
+    assert_eq!(layer.metrics().refused(Reason::StoreUnavailable), 0);
 }

@@ -7,6 +7,9 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 
+use crate::indexed::indexed_enum;
+
+indexed_enum! {
 /// Why the layer refused (or, in [`Mode::Report`](crate::Mode::Report), would have refused) a
 /// request.
 ///
@@ -93,7 +96,7 @@ pub enum Reason {
     WrongClient,
     /// The store is at capacity.
     StoreFull,
-    /// The store failed.
+    /// The store failed (its backend: a connection, a protocol, corrupt data).
     StoreUnavailable,
     /// A token request without `grant_type` (an empty body included): the layer forwards
     /// only what it read completely.
@@ -109,6 +112,28 @@ pub enum Reason {
     /// endpoint's path: a suffix after it (`/token/x`, `/token.php/x`), or non-ASCII
     /// characters that fold onto it (`/to\u{212A}en`).
     EndpointLookalike,
+    /// A freshly minted correlation handle was already taken in the store: 128 random bits
+    /// collided, or the random source failed. Retrying mints another.
+    HandleCollision,
+    /// The upstream redirected with a code the layer already has a record of (bound,
+    /// redeemed, or burned): it is not guessed which flow owns it.
+    DuplicateCode,
+    /// The `Location` with the client's own `state` put back is not a valid header value.
+    InvalidRestoredLocation,
+    /// The upstream's answer to a pushed authorization request could not be read for its
+    /// `request_uri` (a failed or oversized body, not JSON, or no `request_uri`).
+    UpstreamParUnreadable,
+    /// The upstream answered a pushed authorization request with a `request_uri` the layer
+    /// already remembers for another pushed request.
+    DuplicateRequestUri,
+    /// The pending flow of a pushed authorization request expired or was evicted before the
+    /// upstream answered it.
+    PushedFlowGone,
+    /// The request to forward could not be built (its target is not a valid URI).
+    UnbuildableRequest,
+    /// A request was taken for an endpoint the configuration does not have.
+    UnconfiguredEndpoint,
+}
 }
 
 impl Reason {
@@ -134,7 +159,16 @@ impl Reason {
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::MalformedBasic => StatusCode::UNAUTHORIZED,
-            Self::StoreFull | Self::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::StoreFull
+            | Self::StoreUnavailable
+            | Self::HandleCollision
+            | Self::PushedFlowGone => StatusCode::SERVICE_UNAVAILABLE,
+            Self::DuplicateCode | Self::UpstreamParUnreadable | Self::DuplicateRequestUri => {
+                StatusCode::BAD_GATEWAY
+            }
+            Self::InvalidRestoredLocation
+            | Self::UnbuildableRequest
+            | Self::UnconfiguredEndpoint => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,
         }
     }
@@ -143,6 +177,7 @@ impl Reason {
         const REQ: &str = "invalid_request";
         const GRANT: &str = "invalid_grant";
         const UNAVAILABLE: &str = "temporarily_unavailable";
+        const SERVER: &str = "server_error";
         match self {
             Self::DuplicateParameter => (
                 "duplicate_parameter",
@@ -298,53 +333,47 @@ impl Reason {
                 REQ,
                 "the path is not an endpoint's path but could be read as one",
             ),
+            Self::HandleCollision => (
+                "handle_collision",
+                UNAVAILABLE,
+                "the server is temporarily unavailable; try again later",
+            ),
+            Self::DuplicateCode => (
+                "duplicate_code",
+                SERVER,
+                "the authorization server issued an authorization code twice",
+            ),
+            Self::InvalidRestoredLocation => (
+                "invalid_restored_location",
+                SERVER,
+                "the authorization response could not be delivered",
+            ),
+            Self::UpstreamParUnreadable => (
+                "upstream_par_unreadable",
+                UNAVAILABLE,
+                "the authorization server's answer could not be read; try again later",
+            ),
+            Self::DuplicateRequestUri => (
+                "duplicate_request_uri",
+                SERVER,
+                "the authorization server issued a request_uri twice",
+            ),
+            Self::PushedFlowGone => (
+                "pushed_flow_gone",
+                UNAVAILABLE,
+                "the pushed authorization request expired; push it again",
+            ),
+            Self::UnbuildableRequest => (
+                "unbuildable_request",
+                SERVER,
+                "the request could not be forwarded",
+            ),
+            Self::UnconfiguredEndpoint => (
+                "unconfigured_endpoint",
+                SERVER,
+                "the endpoint is not configured",
+            ),
         }
-    }
-
-    /// Every reason, for metrics.
-    pub(crate) const ALL: [Reason; 38] = [
-        Self::DuplicateParameter,
-        Self::ParameterInQueryAndBody,
-        Self::MalformedParameter,
-        Self::ParameterTooLong,
-        Self::UnsupportedContentType,
-        Self::UnreadableBody,
-        Self::BodyTooLarge,
-        Self::BodyTimeout,
-        Self::MissingClientId,
-        Self::ChallengeRequired,
-        Self::MethodWithoutChallenge,
-        Self::UnsupportedMethod,
-        Self::MalformedChallenge,
-        Self::HandleMismatch,
-        Self::RequestObject,
-        Self::UnknownRequestUri,
-        Self::PushedRequestMismatch,
-        Self::ParametersInQuery,
-        Self::MissingCode,
-        Self::MultipleClientAuth,
-        Self::ClientIdMismatch,
-        Self::MalformedBasic,
-        Self::MissingClient,
-        Self::VerifierRequired,
-        Self::MalformedVerifier,
-        Self::VerifierMismatch,
-        Self::Downgrade,
-        Self::CodeReused,
-        Self::CodeBurned,
-        Self::UnknownCode,
-        Self::WrongClient,
-        Self::StoreFull,
-        Self::StoreUnavailable,
-        Self::MissingGrantType,
-        Self::GrantMismatch,
-        Self::PostOnly,
-        Self::TooManyParameters,
-        Self::EndpointLookalike,
-    ];
-
-    pub(crate) fn index(self) -> usize {
-        Self::ALL.iter().position(|r| *r == self).unwrap_or(0)
     }
 }
 
@@ -383,7 +412,7 @@ fn finish(reason: Reason, mut response: Response<Bytes>) -> Response<Bytes> {
     let headers = response.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
-    if reason.status() == StatusCode::SERVICE_UNAVAILABLE {
+    if reason.error_code() == "temporarily_unavailable" {
         headers.insert(
             header::RETRY_AFTER,
             HeaderValue::from_static(RETRY_AFTER_SECS),
@@ -416,8 +445,9 @@ pub(crate) fn json(reason: Reason) -> Response<Bytes> {
 
 /// A short HTML page, for a browser that asked for one.
 pub(crate) fn html(reason: Reason) -> Response<Bytes> {
-    let title = match reason.status() {
-        StatusCode::SERVICE_UNAVAILABLE => "Temporarily unavailable",
+    let title = match reason.error_code() {
+        "temporarily_unavailable" => "Temporarily unavailable",
+        "server_error" => "Server error",
         _ => "Invalid authorization request",
     };
     let body = format!(
@@ -514,6 +544,7 @@ mod tests {
                     | "invalid_client"
                     | "temporarily_unavailable"
                     | "invalid_request_uri"
+                    | "server_error"
             ));
             // RFC 6749 §5.2: error_description uses %x20-21 / %x23-5B / %x5D-7E only.
             assert!(
@@ -524,6 +555,95 @@ mod tests {
                 "{reason}"
             );
         }
+    }
+
+    /// Fails to compile when a variant is added without a name: an exhaustive match.
+    #[test]
+    fn every_reason_is_listed_once_at_its_index() {
+        let listed = |reason: Reason| match reason {
+            Reason::DuplicateParameter
+            | Reason::ParameterInQueryAndBody
+            | Reason::MalformedParameter
+            | Reason::ParameterTooLong
+            | Reason::UnsupportedContentType
+            | Reason::UnreadableBody
+            | Reason::BodyTooLarge
+            | Reason::BodyTimeout
+            | Reason::MissingClientId
+            | Reason::ChallengeRequired
+            | Reason::MethodWithoutChallenge
+            | Reason::UnsupportedMethod
+            | Reason::MalformedChallenge
+            | Reason::HandleMismatch
+            | Reason::RequestObject
+            | Reason::UnknownRequestUri
+            | Reason::PushedRequestMismatch
+            | Reason::ParametersInQuery
+            | Reason::MissingCode
+            | Reason::MultipleClientAuth
+            | Reason::ClientIdMismatch
+            | Reason::MalformedBasic
+            | Reason::MissingClient
+            | Reason::VerifierRequired
+            | Reason::MalformedVerifier
+            | Reason::VerifierMismatch
+            | Reason::Downgrade
+            | Reason::CodeReused
+            | Reason::CodeBurned
+            | Reason::UnknownCode
+            | Reason::WrongClient
+            | Reason::StoreFull
+            | Reason::StoreUnavailable
+            | Reason::MissingGrantType
+            | Reason::GrantMismatch
+            | Reason::PostOnly
+            | Reason::TooManyParameters
+            | Reason::EndpointLookalike
+            | Reason::HandleCollision
+            | Reason::DuplicateCode
+            | Reason::InvalidRestoredLocation
+            | Reason::UpstreamParUnreadable
+            | Reason::DuplicateRequestUri
+            | Reason::PushedFlowGone
+            | Reason::UnbuildableRequest
+            | Reason::UnconfiguredEndpoint => Reason::ALL.iter().filter(|r| **r == reason).count(),
+        };
+        for (i, reason) in Reason::ALL.iter().enumerate() {
+            assert_eq!(reason.index(), i, "{reason}");
+            assert_eq!(listed(*reason), 1, "{reason}");
+        }
+        // The arms above, counted: fails when a variant is added without its arm here.
+        assert_eq!(Reason::ALL.len(), 46);
+    }
+
+    #[test]
+    fn internal_faults_are_not_store_failures() {
+        for reason in [
+            Reason::HandleCollision,
+            Reason::PushedFlowGone,
+            Reason::UpstreamParUnreadable,
+        ] {
+            let response = json(reason);
+            assert_eq!(reason.error_code(), "temporarily_unavailable", "{reason}");
+            assert_eq!(response.headers()[header::RETRY_AFTER], "1", "{reason}");
+        }
+        assert_eq!(Reason::UpstreamParUnreadable.status(), 502);
+        for reason in [
+            Reason::DuplicateCode,
+            Reason::DuplicateRequestUri,
+            Reason::InvalidRestoredLocation,
+            Reason::UnbuildableRequest,
+            Reason::UnconfiguredEndpoint,
+        ] {
+            let response = json(reason);
+            assert_eq!(reason.error_code(), "server_error", "{reason}");
+            assert!(response.status().is_server_error(), "{reason}");
+            assert!(!response.headers().contains_key(header::RETRY_AFTER));
+        }
+        let page = html(Reason::DuplicateCode);
+        assert!(std::str::from_utf8(page.body())
+            .unwrap()
+            .contains("Server error"));
     }
 
     #[test]

@@ -13,9 +13,10 @@ use http::{Method, Request, Response};
 use http_body::Body;
 use tower_service::Service;
 
+use super::response::finish_response;
 use super::{
-    allow, finish_response, log, plainly_framed, read_body, refuse, respond, set_length,
-    store_reason, with_path_and_query,
+    allow, log, plainly_framed, read_body, refuse, respond, set_length, store_reason,
+    with_path_and_query,
 };
 use crate::body::PkceBody;
 use crate::layer::{Mode, Shared};
@@ -23,8 +24,8 @@ use crate::metrics::{Outcome, Pass};
 use crate::oauth::error::{self, Reason};
 use crate::oauth::form;
 use crate::oauth::token::{self, BodyFormat};
-use crate::pkce::CodeVerifier;
-use crate::store::{CodeBinding, CodeState, StoreKey};
+use crate::pkce::{CodeVerifier, PkceError};
+use crate::store::{CodeBinding, CodeRecord, CodeState, StoreKey};
 use crate::BoxError;
 
 const EP: &str = "token";
@@ -35,81 +36,127 @@ pub(super) struct Redemption {
     client: String,
 }
 
-/// What a verifier check sees of the request's `code_verifier`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Verifier {
+/// What the decision sees of the request's `code_verifier`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Verifier<'a> {
     Absent,
     Malformed,
     /// Well-formed; whether it matches is the decision's to find out.
-    Present,
+    Present(&'a CodeVerifier),
 }
 
-/// The token decision table (DESIGN.md), for a code the store knows, as a pure function:
-/// `Ok(pass)` to forward, `Err(reason)` to refuse.
-///
-/// `matches` says whether the verifier matches the recorded challenge; it is asked only for a
-/// bound code with a well-formed verifier from the right client.
-pub(crate) fn decide_known(
-    state: CodeState,
-    bound: bool,
-    right_client: Option<bool>,
-    verifier: Verifier,
-    matches: impl FnOnce() -> bool,
-) -> Result<Pass, Reason> {
-    match state {
-        CodeState::Live => {}
-        CodeState::Redeemed => return Err(Reason::CodeReused),
-        _ => return Err(Reason::CodeBurned),
+impl<'a> Verifier<'a> {
+    /// The request's `code_verifier`, parsed.
+    pub(crate) fn of(parsed: Option<&'a Result<CodeVerifier, PkceError>>) -> Self {
+        match parsed {
+            None => Self::Absent,
+            Some(Err(_)) => Self::Malformed,
+            Some(Ok(verifier)) => Self::Present(verifier),
+        }
     }
-    match (right_client, bound, verifier) {
+}
+
+/// What a token request for `grant_type=authorization_code` brings to the decision.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct TokenRequest<'a> {
+    /// The client, by body or HTTP Basic; `None` when the request names none.
+    pub(crate) client: Option<&'a token::ClientName>,
+    pub(crate) verifier: Verifier<'a>,
+}
+
+/// The configuration a token decision depends on.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct TokenPolicy {
+    /// The requesting client is exempt from PKCE (by the strict, RFC 6749 reading of its
+    /// name).
+    pub(crate) exempt: bool,
+    /// Refusals count towards burning a code: enforce mode. Under report mode the request is
+    /// forwarded, so nothing is counted.
+    pub(crate) count_failures: bool,
+}
+
+/// The token decision table (DESIGN.md) as data: what to do with the request and the code's
+/// record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TokenDecision<'a> {
+    /// Forward, after turning the known code redeemed; undone for `client` if the upstream
+    /// issues no token.
+    Redeem { pass: Pass, client: &'a str },
+    /// Forward a code the layer does not know, recording it redeemed for (exempt) `client`.
+    RecordRedemption { pass: Pass, client: &'a str },
+    /// Refuse; `counts` when the refusal is a failed attempt on a live bound code.
+    Refuse { reason: Reason, counts: bool },
+}
+
+/// The token decision table (DESIGN.md), pure: `record` is the code's record, `None` for a
+/// code the store does not know.
+pub(crate) fn decide_token<'a>(
+    record: Option<&'a CodeRecord>,
+    request: &TokenRequest<'a>,
+    policy: TokenPolicy,
+) -> TokenDecision<'a> {
+    let refuse = |reason| TokenDecision::Refuse {
+        reason,
+        counts: false,
+    };
+    let Some(record) = record else {
+        // Unknown: refused, except for an exempt client redeeming without a verifier (its
+        // codes may predate the layer).
+        return match (request.verifier, request.client) {
+            (Verifier::Absent, Some(client)) if policy.exempt => TokenDecision::RecordRedemption {
+                pass: Pass::ExemptUnknownCode,
+                client: &client.name,
+            },
+            _ => refuse(Reason::UnknownCode),
+        };
+    };
+    match record.state() {
+        CodeState::Live => {}
+        CodeState::Redeemed => return refuse(Reason::CodeReused),
+        CodeState::Burned => return refuse(Reason::CodeBurned),
+    }
+    let binding = record.binding();
+    let right_client = request.client.map(|c| c.is(binding.client_id()));
+    let verdict = match (right_client, binding.challenge(), request.verifier) {
         (None, _, _) => Err(Reason::MissingClient),
         (Some(false), _, _) => Err(Reason::WrongClient),
-        (Some(true), true, Verifier::Absent) => Err(Reason::VerifierRequired),
-        (Some(true), true, Verifier::Malformed) => Err(Reason::MalformedVerifier),
-        (Some(true), true, Verifier::Present) if matches() => Ok(Pass::Verified),
-        (Some(true), true, Verifier::Present) => Err(Reason::VerifierMismatch),
-        (Some(true), false, Verifier::Absent) => Ok(Pass::UnboundRedeemed),
-        (Some(true), false, _) => Err(Reason::Downgrade),
-    }
-}
-
-/// The decision for a code the store does not know: refused, except for an exempt client
-/// redeeming without a verifier (its codes may predate the layer).
-pub(crate) fn decide_unknown(exempt_client: bool, verifier: Verifier) -> Result<Pass, Reason> {
-    match (verifier, exempt_client) {
-        (Verifier::Absent, true) => Ok(Pass::ExemptUnknownCode),
-        _ => Err(Reason::UnknownCode),
+        (Some(true), Some(_), Verifier::Absent) => Err(Reason::VerifierRequired),
+        (Some(true), Some(_), Verifier::Malformed) => Err(Reason::MalformedVerifier),
+        (Some(true), Some(challenge), Verifier::Present(v)) if challenge.verify(v) => {
+            Ok(Pass::Verified)
+        }
+        (Some(true), Some(_), Verifier::Present(_)) => Err(Reason::VerifierMismatch),
+        (Some(true), None, Verifier::Absent) => Ok(Pass::UnboundRedeemed),
+        (Some(true), None, _) => Err(Reason::Downgrade),
+    };
+    match verdict {
+        Ok(pass) => TokenDecision::Redeem {
+            pass,
+            client: binding.client_id(),
+        },
+        Err(reason) => TokenDecision::Refuse {
+            reason,
+            counts: binding.challenge().is_some() && policy.count_failures,
+        },
     }
 }
 
 /// Applies the decision table to a token request for `grant_type=authorization_code`, and
 /// its effects on the store.
-async fn decide_token(
+async fn apply_token(
     shared: &Shared,
     code: StoreKey,
-    client: Option<&token::ClientName>,
-    verifier: Option<&Result<CodeVerifier, ()>>,
+    request: &TokenRequest<'_>,
 ) -> Result<(Pass, Redemption), Reason> {
     let config = &shared.config;
     let store = &shared.store;
-    let seen = match verifier {
-        None => Verifier::Absent,
-        Some(Err(())) => Verifier::Malformed,
-        Some(Ok(_)) => Verifier::Present,
-    };
     let record = store.code(code).await.map_err(|e| store_reason(&e))?;
-    let Some(record) = record else {
-        // Exemption goes by the strict (RFC 6749) reading only.
-        let exempt = client
-            .map(|c| c.name.as_str())
-            .filter(|c| config.is_exempt(c));
-        let pass = decide_unknown(exempt.is_some(), seen)?;
-        let client = exempt.unwrap_or_default();
-        let binding = CodeBinding::new(None, client);
-        return match store
-            .record_redemption(code, binding, config.code_ttl)
-            .await
-        {
+    let policy = TokenPolicy {
+        exempt: request.client.is_some_and(|c| config.is_exempt(&c.name)),
+        count_failures: config.mode == Mode::Enforce,
+    };
+    match decide_token(record.as_ref(), request, policy) {
+        TokenDecision::Redeem { pass, client } => match store.redeem(code).await {
             Ok(true) => Ok((
                 pass,
                 Redemption {
@@ -117,35 +164,33 @@ async fn decide_token(
                     client: client.to_owned(),
                 },
             )),
+            // Another request redeemed it between our read and now.
             Ok(false) => Err(Reason::CodeReused),
             Err(e) => Err(store_reason(&e)),
-        };
-    };
-    let binding = record.binding();
-    let challenge = binding.challenge();
-    let decided = decide_known(
-        record.state(),
-        challenge.is_some(),
-        client.map(|c| c.is(binding.client_id())),
-        seen,
-        || match (challenge, verifier) {
-            (Some(challenge), Some(Ok(v))) => challenge.verify(v),
-            _ => false,
         },
-    );
-    let pass = match decided {
-        Ok(pass) => pass,
-        Err(reason) => {
-            // A refused attempt on a live bound code counts towards burning it; under report
-            // mode the request is forwarded, so nothing is counted.
-            let counts = challenge.is_some()
-                && record.state() == CodeState::Live
-                && config.mode == Mode::Enforce;
+        TokenDecision::RecordRedemption { pass, client } => {
+            let binding = CodeBinding::new(None, client);
+            match store
+                .record_redemption(code, binding, config.code_ttl)
+                .await
+            {
+                Ok(true) => Ok((
+                    pass,
+                    Redemption {
+                        code,
+                        client: client.to_owned(),
+                    },
+                )),
+                Ok(false) => Err(Reason::CodeReused),
+                Err(e) => Err(store_reason(&e)),
+            }
+        }
+        TokenDecision::Refuse { reason, counts } => {
             if counts {
                 match store.record_failure(code, config.max_failed_attempts).await {
                     Ok(Some(CodeState::Burned)) => log(
                         EP,
-                        client.map(|c| c.name.as_str()),
+                        request.client.map(|c| c.name.as_str()),
                         Outcome::Refused,
                         "code_burned_now",
                         Some(&code),
@@ -154,20 +199,8 @@ async fn decide_token(
                     Err(e) => return Err(store_reason(&e)),
                 }
             }
-            return Err(reason);
+            Err(reason)
         }
-    };
-    match store.redeem(code).await {
-        Ok(true) => Ok((
-            pass,
-            Redemption {
-                code,
-                client: binding.client_id().to_owned(),
-            },
-        )),
-        // Another request redeemed it between our read and now.
-        Ok(false) => Err(Reason::CodeReused),
-        Err(e) => Err(store_reason(&e)),
     }
 }
 
@@ -259,7 +292,7 @@ where
         };
         return rebuild(shared, parts, bare)
             .map(|req| (req, None))
-            .ok_or_else(|| error::json(Reason::MalformedParameter));
+            .ok_or_else(|| error::json(Reason::UnbuildableRequest));
     }
     match Box::pin(check_token(shared, &parts, &bytes)).await {
         Ok(checked) => {
@@ -272,7 +305,7 @@ where
                 preflight: false,
             };
             let req = rebuild(shared, parts, rebuilt)
-                .ok_or_else(|| error::json(Reason::MalformedParameter))?;
+                .ok_or_else(|| error::json(Reason::UnbuildableRequest))?;
             Ok((req, checked.redemption))
         }
         Err((reason, client, code)) => {
@@ -337,11 +370,12 @@ async fn check_token(
     let Some(code) = params.code.as_deref().map(StoreKey::for_code) else {
         return Err((Reason::MissingCode, client, None));
     };
-    let verifier = params
-        .verifier
-        .as_deref()
-        .map(|v| CodeVerifier::parse(v).map_err(|_| ()));
-    match decide_token(shared, code, identity.as_ref(), verifier.as_ref()).await {
+    let verifier = params.verifier.as_deref().map(CodeVerifier::parse);
+    let request = TokenRequest {
+        client: identity.as_ref(),
+        verifier: Verifier::of(verifier.as_ref()),
+    };
+    match apply_token(shared, code, &request).await {
         Ok((pass, redemption)) => Ok(Checked {
             pass,
             query,
@@ -460,189 +494,4 @@ pub(super) fn rebuild<ReqBody>(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Every cell of DESIGN.md's token decision table, for codes the store knows.
-    #[test]
-    fn the_decision_table() {
-        use CodeState::{Burned, Live, Redeemed};
-        use Verifier::{Absent, Malformed, Present};
-        let table: &[(
-            CodeState,
-            bool,
-            Option<bool>,
-            Verifier,
-            bool,
-            Result<Pass, Reason>,
-        )] = &[
-            // bound
-            (Live, true, Some(true), Present, true, Ok(Pass::Verified)),
-            (
-                Live,
-                true,
-                Some(true),
-                Present,
-                false,
-                Err(Reason::VerifierMismatch),
-            ),
-            (
-                Live,
-                true,
-                Some(true),
-                Malformed,
-                false,
-                Err(Reason::MalformedVerifier),
-            ),
-            (
-                Live,
-                true,
-                Some(true),
-                Absent,
-                false,
-                Err(Reason::VerifierRequired),
-            ),
-            (
-                Live,
-                true,
-                Some(false),
-                Present,
-                true,
-                Err(Reason::WrongClient),
-            ),
-            (Live, true, None, Present, true, Err(Reason::MissingClient)),
-            // unbound
-            (
-                Live,
-                false,
-                Some(true),
-                Present,
-                true,
-                Err(Reason::Downgrade),
-            ),
-            (
-                Live,
-                false,
-                Some(true),
-                Malformed,
-                false,
-                Err(Reason::Downgrade),
-            ),
-            (
-                Live,
-                false,
-                Some(true),
-                Absent,
-                false,
-                Ok(Pass::UnboundRedeemed),
-            ),
-            (
-                Live,
-                false,
-                Some(false),
-                Absent,
-                false,
-                Err(Reason::WrongClient),
-            ),
-            // redeemed and burned, with or without a verifier
-            (
-                Redeemed,
-                true,
-                Some(true),
-                Present,
-                true,
-                Err(Reason::CodeReused),
-            ),
-            (
-                Redeemed,
-                false,
-                Some(true),
-                Absent,
-                false,
-                Err(Reason::CodeReused),
-            ),
-            (
-                Burned,
-                true,
-                Some(true),
-                Present,
-                true,
-                Err(Reason::CodeBurned),
-            ),
-        ];
-        for &(state, bound, client, verifier, matches, expected) in table {
-            let got = decide_known(state, bound, client, verifier, || matches);
-            assert_eq!(
-                got, expected,
-                "{state:?} bound={bound} client={client:?} {verifier:?} matches={matches}"
-            );
-        }
-    }
-
-    #[test]
-    fn unknown_codes_fail_closed_unless_exempt_without_verifier() {
-        assert_eq!(
-            decide_unknown(true, Verifier::Absent),
-            Ok(Pass::ExemptUnknownCode)
-        );
-        assert_eq!(
-            decide_unknown(false, Verifier::Absent),
-            Err(Reason::UnknownCode)
-        );
-        assert_eq!(
-            decide_unknown(true, Verifier::Present),
-            Err(Reason::UnknownCode)
-        );
-        assert_eq!(
-            decide_unknown(true, Verifier::Malformed),
-            Err(Reason::UnknownCode)
-        );
-    }
-
-    #[test]
-    fn only_the_allowed_headers_are_forwarded() {
-        let mut from = HeaderMap::new();
-        for (name, value) in [
-            ("host", "as.example"),
-            ("authorization", "Basic YTpi"),
-            ("cookie", "code=stolen"),
-            ("x-forwarded-for", "10.0.0.1"),
-            ("x-real-ip", "1.2.3.4"),
-            ("script-name", "/x"),
-            ("origin", "https://app.example"),
-            ("dpop", "proof"),
-            ("content-type", "text/plain"),
-            ("access-control-request-method", "POST"),
-        ] {
-            from.append(
-                HeaderName::from_static(name),
-                HeaderValue::from_static(value),
-            );
-        }
-        fn names(headers: &HeaderMap) -> Vec<&str> {
-            let mut names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
-            names.sort_unstable();
-            names
-        }
-        let mut plain = from.clone();
-        keep_forwarded_headers(&mut plain, &[], false);
-        assert_eq!(
-            names(&plain),
-            ["authorization", "host", "origin", "x-forwarded-for"]
-        );
-        let extra = [HeaderName::from_static("dpop")];
-        let mut with_extra = from.clone();
-        keep_forwarded_headers(&mut with_extra, &extra, true);
-        assert_eq!(
-            names(&with_extra),
-            [
-                "access-control-request-method",
-                "authorization",
-                "dpop",
-                "host",
-                "origin",
-                "x-forwarded-for"
-            ]
-        );
-    }
-}
+mod tests;
