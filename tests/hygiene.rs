@@ -263,7 +263,7 @@ async fn upstream_faults_are_not_store_failures() {
             .finish()
     };
     for answer in ["{\"expires_in\":60}", "not json"] {
-        let layer = PkceLayer::new().par_path("/par");
+        let layer = PkceLayer::new().par_path("/par").unwrap();
         let app = misbehaving_upstream(answer).layer(layer.clone());
         let response = app.send(form_post("/par", &pushed(&Pkce::new()))).await;
         assert_eq!(response.status(), StatusCode::BAD_GATEWAY, "{answer}");
@@ -277,7 +277,7 @@ async fn upstream_faults_are_not_store_failures() {
     }
 
     // The same request_uri for two pushed requests: the second is not remembered.
-    let layer = PkceLayer::new().par_path("/par");
+    let layer = PkceLayer::new().par_path("/par").unwrap();
     let app = misbehaving_upstream("{\"request_uri\":\"urn:x:same\",\"expires_in\":60}")
         .layer(layer.clone());
     let first = app.send(form_post("/par", &pushed(&Pkce::new()))).await;
