@@ -72,6 +72,7 @@ use tokio::net::TcpListener;
 
 mod admin;
 mod config;
+mod headers;
 mod pool;
 mod server;
 mod stats;
