@@ -56,6 +56,8 @@
 //! reached the upstream (`502` on connect) goes back to bound; one whose request may have
 //! reached it (timeout, broken connection) stays redeemed: fail closed.
 
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
 use std::convert::Infallible;
 use std::ffi::OsString;
 use std::future::Future;
@@ -178,9 +180,10 @@ pub struct Proxy {
 
 impl Proxy {
     /// Binds the listeners (and the admin listener, if configured) and prepares the upstream
-    /// client. Fails if an address is taken, `--upstream-ca` cannot be read or the store URL
-    /// is not one the `redis` crate reads. A Redis store is not connected here: the proxy
-    /// starts without it, answers OAuth requests 503 and reports not ready until it answers.
+    /// client. Fails with [`io::ErrorKind::InvalidInput`] (the [`ConfigError`] inside) for a
+    /// configuration that [`Config::validate`] refuses, or if an address is taken. A Redis
+    /// store is not connected here: the proxy starts without it, answers OAuth requests 503
+    /// and reports not ready until it answers.
     pub async fn bind(config: Config) -> io::Result<Self> {
         Self::bind_with(config, false).await
     }
@@ -188,9 +191,9 @@ impl Proxy {
     /// [`bind`](Self::bind), with `SO_REUSEPORT` on the listener when other worker threads
     /// are to listen on the same address.
     async fn bind_with(config: Config, reuse_port: bool) -> io::Result<Self> {
-        let (layer, store) = config
-            .layer_and_store()
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        let invalid = |e: ConfigError| io::Error::new(io::ErrorKind::InvalidInput, e);
+        config.validate().map_err(invalid)?;
+        let (layer, store) = config.layer_and_store().map_err(invalid)?;
         let shared = Arc::new(Shared {
             layer,
             store,
