@@ -53,9 +53,9 @@ pub struct ClientConfig {
     pub redirect_uris: Vec<String>,
 }
 
-/// The proxy's complete configuration: every setting once, with its default in
-/// `Config::defaults`. Its TOML form (serde) is the configuration file's, and what
-/// `--print-config` prints; a Redis password is `***` there, in `Debug` and in logs.
+/// The proxy's complete configuration. Its serde form is the configuration file's syntax
+/// (snake_case keys, a missing key is its default), and what `--print-config` prints; a Redis
+/// password is `***` there, in `Debug` and in logs.
 ///
 /// Build one with [`Config::new`] and its fields, by deserializing a file, or from a command
 /// line, the environment and a file with [`Config::from_args`]. [`Config::validate`] checks
