@@ -14,7 +14,8 @@ use super::{Config, ConfigError, LogFormat};
 /// The command line and the environment (clap reads both). Every setting is optional here so
 /// that a missing flag (and missing variable) falls through to the file, then to the default;
 /// a field's name is its key in the file. The help's `[default: …]` comes from
-/// `Config::defaults` (see [`command`]).
+/// `Config::defaults` (see [`command`]). Numbers are `i64`, as in TOML: a number out of
+/// range is clap's error or the setting's, not the layering's.
 #[derive(Debug, Parser, Serialize)]
 #[command(
     name = "pkce-proxy",
@@ -102,7 +103,7 @@ pub(super) struct Args {
     code_ttl: Option<String>,
     /// Most pending flows and codes kept at once; when full, new flows get 503.
     #[arg(long, env = "PKCE_PROXY_MAX_PENDING", value_name = "N")]
-    max_pending: Option<usize>,
+    max_pending: Option<i64>,
     /// Largest OAuth request body read, in bytes or with a unit (`64KiB`).
     #[arg(long, env = "PKCE_PROXY_MAX_BODY", value_name = "SIZE")]
     max_body: Option<String>,
@@ -147,11 +148,11 @@ pub(super) struct Args {
     idle_timeout: Option<String>,
     /// Most client connections open at once.
     #[arg(long, env = "PKCE_PROXY_MAX_CONNECTIONS", value_name = "N")]
-    max_connections: Option<usize>,
+    max_connections: Option<i64>,
     /// Threads serving client connections, each with its own listening socket; 0 is one per
     /// CPU.
     #[arg(long, env = "PKCE_PROXY_WORKERS", value_name = "N")]
-    workers: Option<usize>,
+    workers: Option<i64>,
     /// `text` or `json`. `RUST_LOG` sets the filter (default `info`).
     #[arg(long, env = "PKCE_PROXY_LOG_FORMAT", value_name = "FORMAT")]
     log_format: Option<LogFormat>,

@@ -402,3 +402,82 @@ fn a_redis_store_is_read_and_its_password_never_shown() {
         assert!(!message.contains("hunter2"), "{message}");
     }
 }
+
+#[test]
+fn help_takes_its_defaults_from_the_struct() {
+    let help = parse(&["--help"], "").unwrap_err().to_string();
+    for shown in [
+        "[default: 127.0.0.1:8080]",
+        "[default: 10m]",
+        "[default: 100000]",
+        "[default: 65536]",
+        "[default: memory]",
+        "[default: enforce]",
+        "[default: none]",
+        "[default: false]",
+    ] {
+        assert!(help.contains(shown), "{shown} missing in {help}");
+    }
+}
+
+#[test]
+fn value_errors_name_the_setting_and_where_it_came_from() {
+    let up = "upstream = \"http://x\"\n";
+    let cases: &[(&[&str], &str, &str)] = &[
+        (
+            &[],
+            "max_body = \"x\"",
+            "config file test.toml: invalid --max-body \"x\": expected bytes",
+        ),
+        (
+            &["--max-body", "y"],
+            "max_body = 1",
+            "invalid --max-body \"y\": expected bytes",
+        ),
+        (
+            &[],
+            "allow_plain = \"yes\"",
+            "config file test.toml: invalid --allow-plain: invalid type: string \"yes\"",
+        ),
+        (
+            &["--max-pending=-1"],
+            "",
+            "invalid --max-pending: invalid value: integer `-1`",
+        ),
+        (
+            &[],
+            "[clients.a]\nexmpt = true",
+            "config file test.toml: invalid clients.a: unknown field `exmpt`",
+        ),
+        (
+            &[],
+            "clients = 3",
+            "config file test.toml: invalid clients: invalid type",
+        ),
+        (
+            &[],
+            "exempt_clients = [\" \"]",
+            "invalid --exempt-client: empty client id",
+        ),
+        (
+            &[],
+            "upstream = \"http://u:p@x/ y\"",
+            "config file test.toml: invalid --upstream \"[redacted]\": not a URL",
+        ),
+    ];
+    for (args, file, expected) in cases {
+        let file = if file.starts_with("upstream") {
+            (*file).to_owned()
+        } else {
+            format!("{up}{file}")
+        };
+        let err = parse(args, &file).expect_err(&format!("{args:?} {file:?} should fail"));
+        let message = err.to_string();
+        assert!(
+            message.starts_with(expected),
+            "{args:?} {file:?}: {message:?} is not {expected:?}…"
+        );
+        assert!(!message.contains('\n'), "{message:?}");
+        assert_eq!(err.exit_code(), 2);
+    }
+}
