@@ -77,6 +77,7 @@ use tokio::net::TcpListener;
 
 mod admin;
 mod config;
+mod headers;
 mod pool;
 mod server;
 mod stats;
@@ -182,9 +183,10 @@ pub struct Proxy {
 
 impl Proxy {
     /// Binds the listeners (and the admin listener, if configured) and prepares the upstream
-    /// client. Fails if an address is taken, `--upstream-ca` cannot be read or the store URL
-    /// is not one the `redis` crate reads. A Redis store is not connected here: the proxy
-    /// starts without it, answers OAuth requests 503 and reports not ready until it answers.
+    /// client. Fails with [`io::ErrorKind::InvalidInput`] (the [`ConfigError`] inside) for a
+    /// configuration that [`Config::validate`] refuses, or if an address is taken. A Redis
+    /// store is not connected here: the proxy starts without it, answers OAuth requests 503
+    /// and reports not ready until it answers.
     pub async fn bind(config: Config) -> io::Result<Self> {
         Self::bind_with(config, false).await
     }
@@ -192,9 +194,9 @@ impl Proxy {
     /// [`bind`](Self::bind), with `SO_REUSEPORT` on the listener when other worker threads
     /// are to listen on the same address.
     async fn bind_with(config: Config, reuse_port: bool) -> io::Result<Self> {
-        let (layer, store) = config
-            .layer_and_store()
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        let invalid = |e: ConfigError| io::Error::new(io::ErrorKind::InvalidInput, e);
+        config.validate().map_err(invalid)?;
+        let (layer, store) = config.layer_and_store().map_err(invalid)?;
         let shared = Arc::new(Shared {
             layer,
             store,

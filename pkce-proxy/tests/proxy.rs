@@ -657,7 +657,12 @@ redirect_uris = ["https://backend.example/cb"]
     assert_eq!(value("listen"), "\"127.0.0.1:7001\"", "file over default");
     assert_eq!(value("upstream"), "\"http://file.example:9000/\"");
     assert_eq!(value("max_pending"), "100000", "default");
-    assert!(text.contains("[clients.\"backend\"]\nexempt = true\nredirect_uris = [\"https://backend.example/cb\"]"), "{text}");
+    assert!(
+        text.contains(
+            "[clients.backend]\nexempt = true\nredirect_uris = [\"https://backend.example/cb\"]"
+        ),
+        "{text}"
+    );
 }
 
 #[tokio::test]
