@@ -523,6 +523,18 @@ impl PkceLayer {
         })
     }
 
+    /// Forgets every [exempt client](Self::exempt_client) and every client's
+    /// [redirect URIs](Self::client_redirect_uris), keeping everything else: the store, the
+    /// [metrics](Self::metrics) and the other settings. The start of a new client policy for
+    /// a layer that keeps serving (a proxy reloading its configuration); clones made before
+    /// the call keep the old policy.
+    pub fn without_clients(self) -> Self {
+        self.config(|c| {
+            c.exempt.clear();
+            c.redirect_uris.clear();
+        })
+    }
+
     /// Uses `store` instead of the default [`MemoryStore`]. Clones of this layer made before
     /// the call keep the old store.
     pub fn with_store(mut self, store: impl ChallengeStore) -> Self {

@@ -138,7 +138,7 @@ pub(crate) fn prepare_request(
             headers.insert(X_FORWARDED_FOR, chain.unwrap_or_else(|| ip.clone()));
         }
         if !headers.contains_key(&X_FORWARDED_PROTO) {
-            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+            headers.insert(X_FORWARDED_PROTO, shared.forwarded_proto());
         }
         if !headers.contains_key(&X_FORWARDED_HOST) {
             if let Some(host) = headers.get(header::HOST).cloned() {
@@ -149,7 +149,7 @@ pub(crate) fn prepare_request(
         if let Some(ip) = peer_ip {
             headers.insert(X_FORWARDED_FOR, ip.clone());
         }
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        headers.insert(X_FORWARDED_PROTO, shared.forwarded_proto());
         if let Some(host) = headers.get(header::HOST).cloned() {
             headers.insert(X_FORWARDED_HOST, host);
         }

@@ -68,7 +68,7 @@ use std::io::{self, Write as _};
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
@@ -79,8 +79,10 @@ mod admin;
 mod config;
 mod headers;
 mod pool;
+mod reload;
 mod server;
 mod stats;
+mod tls;
 mod upstream;
 
 pub use config::{
@@ -112,7 +114,13 @@ impl Store {
 
 /// State shared by every connection of one proxy.
 pub(crate) struct Shared {
+    /// The layer as bound: its routing (endpoint paths do not change on a reload) and its
+    /// metrics, which every reloaded layer shares.
     layer: PkceLayer,
+    /// What requests go through: `layer` with the client policy of the last reload.
+    policy: RwLock<PkceLayer>,
+    /// TLS on the listener, if it has a certificate.
+    tls: Option<tls::Listener>,
     store: Store,
     stats: stats::Stats,
     trust_forwarded: bool,
@@ -126,6 +134,19 @@ pub(crate) struct Shared {
 impl Shared {
     fn endpoint(&self, path: &str) -> Endpoint {
         self.layer.endpoint(path)
+    }
+
+    /// The layer for the next request: the current client policy.
+    pub(crate) fn current_layer(&self) -> PkceLayer {
+        self.policy
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// `X-Forwarded-Proto` for requests that came to this listener.
+    pub(crate) fn forwarded_proto(&self) -> HeaderValue {
+        HeaderValue::from_static(if self.tls.is_some() { "https" } else { "http" })
     }
 
     /// Whether errors on `path` are answered in RFC 6749 JSON.
@@ -197,10 +218,22 @@ impl Proxy {
         let invalid = |e: ConfigError| io::Error::new(io::ErrorKind::InvalidInput, e);
         config.validate().map_err(invalid)?;
         let (layer, store) = config.layer_and_store().map_err(invalid)?;
+        let stats = stats::Stats::default();
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => {
+                let invalid = |e: String| invalid(ConfigError::new(e));
+                let loaded = tls::Loaded::read(cert, key).map_err(invalid)?;
+                stats.set_cert_not_after(loaded.not_after());
+                Some(tls::Listener::new(loaded).map_err(invalid)?)
+            }
+            _ => None,
+        };
         let shared = Arc::new(Shared {
+            policy: RwLock::new(layer.clone()),
             layer,
+            tls,
             store,
-            stats: stats::Stats::default(),
+            stats,
             trust_forwarded: config.trust_forwarded,
             body_timeout: config.body_timeout,
             shutting_down: AtomicBool::new(false),
@@ -241,7 +274,9 @@ impl Proxy {
         self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
 
-    /// The layer inside, e.g. to read its [`metrics`](PkceLayer::metrics).
+    /// The layer inside, e.g. to read its [`metrics`](PkceLayer::metrics), as bound: a
+    /// reload (SIGHUP, in [`main`]) changes the client policy of the layer requests go
+    /// through, which shares these metrics.
     pub fn layer(&self) -> &PkceLayer {
         &self.shared.layer
     }
@@ -427,7 +462,8 @@ fn init_logging(format: LogFormat) {
 }
 
 /// The `pkce-proxy` program: reads the configuration from `args` (program name first), the
-/// environment and `--config`, and serves until SIGINT or SIGTERM.
+/// environment and `--config`, and serves until SIGINT or SIGTERM. SIGHUP reads them again,
+/// and the TLS certificate, and applies what can change without a restart (see `reload.rs`).
 ///
 /// Exit status: 0 after a clean shutdown (or `--help`, `--version`, `--print-config`), 2 for a
 /// bad configuration (one line on standard error), 1 when serving fails (an address in use).
@@ -436,7 +472,8 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    let (config, print) = match config::load(args) {
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    let (config, print) = match config::load(args.clone()) {
         Ok(loaded) => loaded,
         Err(e) if e.exit_code() == 0 => {
             let _ = write!(io::stdout(), "{e}");
@@ -470,6 +507,8 @@ where
     };
     let served = runtime.block_on(async move {
         let shutdown = shutdown_signal();
+        // Installed before binding: SIGHUP's default action would end the process.
+        let hangup = reload::hangup_signal();
         let proxy = Proxy::bind_with(config, workers > 1).await?;
         let (stop, stopped) = tokio::sync::watch::channel(Phase::Serving);
         let others = match proxy.start_workers(workers, &stopped).await {
@@ -492,9 +531,13 @@ where
             listen = %proxy.local_addr(),
             upstream = %proxy.config.upstream,
             mode = ?proxy.config.mode,
+            tls = proxy.shared.tls.is_some(),
             store = %proxy.config.store,
             workers,
             "pkce-proxy started"
+        );
+        tokio::spawn(
+            reload::Reloader::new(proxy.shared.clone(), proxy.config.clone(), args).run(hangup),
         );
         // Connect to the store now rather than on the first login, and say if it is down.
         let store = proxy.shared.store.clone();

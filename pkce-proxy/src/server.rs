@@ -20,7 +20,7 @@ use tower_service::Service;
 
 use super::config::Config;
 use super::headers::{prepare_request, strip_hop_by_hop};
-use super::stats::UpstreamFailure;
+use super::stats::{HandshakeFailure, UpstreamFailure};
 use super::upstream::{
     is_body_stall, is_client_body_failure, ErrorChain, TimeoutBody, Upstream, UpstreamBody,
     UpstreamError,
@@ -39,7 +39,6 @@ pub(crate) async fn serve(
     upstream: Upstream,
     shutdown: impl Future<Output = ()> + Send,
 ) -> io::Result<()> {
-    let pkce = Pkce::new(upstream, shared.layer.clone());
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -58,6 +57,8 @@ pub(crate) async fn serve(
         .max_concurrent_streams(256)
         .max_header_list_size(64 * 1024)
         .keep_alive_interval(Some(Duration::from_secs(30)));
+    // Shared with the TLS connections' tasks, which start serving after their handshake.
+    let builder = Arc::new(builder);
     let permits = shared.connections.clone();
     let (stop, stopped) = watch::channel(false);
     // Every connection task holds a sender; when all are gone, every connection is closed.
@@ -114,19 +115,51 @@ pub(crate) async fn serve(
         let activity = Arc::new(Activity::new());
         let front = Front {
             shared: shared.clone(),
-            pkce: pkce.clone(),
+            upstream: upstream.clone(),
             // Formatted once per connection, not per request.
             peer_ip: HeaderValue::from_str(&peer.ip().to_string()).ok(),
             activity: activity.clone(),
         };
         let service = hyper::service::service_fn(move |req| front.clone().handle(req));
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
         let stopped = stopped.clone();
         let alive = alive.clone();
+        let Some(tls) = &shared.tls else {
+            let connection = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned();
+            tokio::spawn(async move {
+                watch_connection(connection, activity, limits, stopped).await;
+                drop((permit, alive));
+            });
+            continue;
+        };
+        let acceptor = tls.acceptor.clone();
+        let (builder, shared) = (builder.clone(), shared.clone());
         tokio::spawn(async move {
-            watch_connection(connection, activity, limits, stopped).await;
+            // The handshake and the first request's headers share the header timeout: the
+            // connection's clock (`activity`) started at accept.
+            let handshake =
+                tokio::time::timeout(limits.first_request, acceptor.accept(stream)).await;
+            let failure = match handshake {
+                Ok(Ok(stream)) => {
+                    let connection = builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .into_owned();
+                    watch_connection(connection, activity, limits, stopped).await;
+                    None
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(target: "pkce_proxy", error = %e, "TLS handshake failed");
+                    Some(super::tls::failure(&e))
+                }
+                Err(_) => {
+                    tracing::debug!(target: "pkce_proxy", "TLS handshake timed out");
+                    Some(HandshakeFailure::Timeout)
+                }
+            };
+            if let Some(failure) = failure {
+                shared.stats.handshake_failed(failure);
+            }
             drop((permit, alive));
         });
     }
@@ -337,14 +370,14 @@ where
 #[derive(Clone)]
 struct Front {
     shared: Arc<Shared>,
-    pkce: Pkce<Upstream>,
+    upstream: Upstream,
     /// The client's address, as an `X-Forwarded-For` value.
     peer_ip: Option<HeaderValue>,
     activity: Arc<Activity>,
 }
 
 impl Front {
-    async fn handle(mut self, mut req: Request<Incoming>) -> ProxyResult<ProxyBody> {
+    async fn handle(self, mut req: Request<Incoming>) -> ProxyResult<ProxyBody> {
         let started = Instant::now();
         let shared = self.shared.clone();
         // Counted down on drop too: a client may hang up before its response.
@@ -374,9 +407,11 @@ impl Front {
         let method = req.method().clone();
         prepare_request(&shared, self.peer_ip.as_ref(), &mut req);
         let req = req.map(|body| TimeoutBody::new(body, shared.body_timeout));
+        // The current client policy (a reload swaps it), for this request.
+        let mut pkce = Pkce::new(self.upstream, shared.current_layer());
         // `Upstream` is always ready; the contract is kept all the same.
-        let result = match std::future::poll_fn(|cx| self.pkce.poll_ready(cx)).await {
-            Ok(()) => self.pkce.call(req).await,
+        let result = match std::future::poll_fn(|cx| pkce.poll_ready(cx)).await {
+            Ok(()) => pkce.call(req).await,
             Err(e) => Err(e),
         };
         let response = match result {

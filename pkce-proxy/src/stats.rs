@@ -39,6 +39,29 @@ const UPSTREAM_ERRORS: [(UpstreamFailure, &str); 3] = [
     (UpstreamFailure::Failed, "failed"),
 ];
 
+/// Why a TLS handshake on the listener failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum HandshakeFailure {
+    /// Not finished within `--header-timeout` (a silent or slow client).
+    Timeout,
+    /// The client closed the connection.
+    Closed,
+    /// Not TLS (cleartext HTTP, garbage) or malformed TLS.
+    Malformed,
+    /// TLS with nothing in common (version, cipher suite, ALPN), or the client's alert.
+    Refused,
+    /// Another I/O error.
+    Other,
+}
+
+const HANDSHAKE_FAILURES: [(HandshakeFailure, &str); 5] = [
+    (HandshakeFailure::Timeout, "timeout"),
+    (HandshakeFailure::Closed, "closed"),
+    (HandshakeFailure::Malformed, "malformed"),
+    (HandshakeFailure::Refused, "refused"),
+    (HandshakeFailure::Other, "other"),
+];
+
 #[derive(Default)]
 struct Histogram {
     buckets: [AtomicU64; BUCKETS.len()],
@@ -69,6 +92,12 @@ pub(crate) struct Stats {
     body_timeouts: AtomicU64,
     in_flight: AtomicI64,
     connections: AtomicU64,
+    handshake_failures: [AtomicU64; HANDSHAKE_FAILURES.len()],
+    /// Reloads (SIGHUP) that were applied, and that changed nothing because they failed.
+    reloads_ok: AtomicU64,
+    reloads_error: AtomicU64,
+    /// The listener certificate's `notAfter` (Unix seconds); 0 without TLS.
+    cert_not_after: AtomicI64,
 }
 
 impl std::fmt::Debug for Stats {
@@ -110,6 +139,27 @@ impl Stats {
 
     pub(crate) fn connection_accepted(&self) {
         self.connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn handshake_failed(&self, why: HandshakeFailure) {
+        if let Some(i) = HANDSHAKE_FAILURES.iter().position(|(k, _)| *k == why) {
+            if let Some(c) = self.handshake_failures.get(i) {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub(crate) fn reloaded(&self, ok: bool) {
+        let counter = if ok {
+            &self.reloads_ok
+        } else {
+            &self.reloads_error
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_cert_not_after(&self, unix_seconds: i64) {
+        self.cert_not_after.store(unix_seconds, Ordering::Relaxed);
     }
 
     /// The Prometheus text exposition (version 0.0.4) of these counters and of `decisions`.
@@ -175,6 +225,38 @@ impl Stats {
             self.in_flight.load(Ordering::Relaxed),
             self.connections.load(Ordering::Relaxed),
         );
+        let _ = writeln!(
+            out,
+            "# HELP pkce_proxy_reloads_total Configuration reloads (SIGHUP), by outcome; an \
+             error changes nothing.\n\
+             # TYPE pkce_proxy_reloads_total counter\n\
+             pkce_proxy_reloads_total{{outcome=\"ok\"}} {}\n\
+             pkce_proxy_reloads_total{{outcome=\"error\"}} {}",
+            self.reloads_ok.load(Ordering::Relaxed),
+            self.reloads_error.load(Ordering::Relaxed),
+        );
+        let not_after = self.cert_not_after.load(Ordering::Relaxed);
+        if not_after != 0 {
+            out.push_str(
+                "# HELP pkce_proxy_tls_handshake_failures_total TLS handshakes on the listener \
+                 that failed, by reason.\n\
+                 # TYPE pkce_proxy_tls_handshake_failures_total counter\n",
+            );
+            for ((_, reason), c) in HANDSHAKE_FAILURES.iter().zip(&self.handshake_failures) {
+                let _ = writeln!(
+                    out,
+                    "pkce_proxy_tls_handshake_failures_total{{reason=\"{reason}\"}} {}",
+                    c.load(Ordering::Relaxed)
+                );
+            }
+            let _ = writeln!(
+                out,
+                "# HELP pkce_proxy_tls_cert_not_after_seconds When the listener's certificate \
+                 expires (Unix time).\n\
+                 # TYPE pkce_proxy_tls_cert_not_after_seconds gauge\n\
+                 pkce_proxy_tls_cert_not_after_seconds {not_after}"
+            );
+        }
         out
     }
 }

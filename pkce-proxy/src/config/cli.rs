@@ -37,6 +37,12 @@ pub(super) struct Args {
     /// Address for /healthz, /readyz and /metrics.
     #[arg(long, env = "PKCE_PROXY_ADMIN_LISTEN", value_name = "ADDR")]
     admin_listen: Option<String>,
+    /// PEM certificate chain for TLS on the listener (with --tls-key; read again on SIGHUP).
+    #[arg(long, env = "PKCE_PROXY_TLS_CERT", value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "PKCE_PROXY_TLS_KEY", value_name = "FILE")]
+    tls_key: Option<PathBuf>,
     /// The upstream's authorization endpoint.
     #[arg(long, env = "PKCE_PROXY_AUTHORIZE_PATH", value_name = "PATH")]
     authorize_path: Option<String>,

@@ -76,6 +76,14 @@ pub struct Config {
     /// Address of the admin listener (`/healthz`, `/readyz`, `/metrics`); off when `None`.
     #[serde(with = "values::optional_addr")]
     pub admin_listen: Option<SocketAddr>,
+    /// A PEM file with the listener's certificate chain, leaf first: with
+    /// [`tls_key`](Self::tls_key), the listener speaks TLS only (HTTP/1.1 and HTTP/2 by
+    /// ALPN, TLS 1.2 and 1.3). Read again on SIGHUP.
+    #[serde(with = "values::optional")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM file with [`tls_cert`](Self::tls_cert)'s private key (PKCS#8, PKCS#1 or SEC1).
+    #[serde(with = "values::optional")]
+    pub tls_key: Option<PathBuf>,
     /// The upstream's authorization endpoint path.
     pub authorize_path: String,
     /// The upstream's token endpoint path.
@@ -189,6 +197,8 @@ impl Config {
             upstream: Uri::default(),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_listen: None,
+            tls_cert: None,
+            tls_key: None,
             authorize_path: "/authorize".into(),
             token_path: "/token".into(),
             par_path: None,
@@ -294,9 +304,7 @@ impl Config {
             .code_ttl(self.code_ttl)
             .map_err(|e| invalid("code-ttl", e))?
             .max_body_bytes(self.max_body)
-            .map_err(|e| invalid("max-body", e))?
-            .allow_plain(self.allow_plain)
-            .mode(self.mode);
+            .map_err(|e| invalid("max-body", e))?;
         if let Some(par) = &self.par_path {
             layer = layer.par_path(par).map_err(|e| invalid("par-path", e))?;
         }
@@ -316,6 +324,16 @@ impl Config {
         for route in &self.other_routes {
             layer = layer.other_route(route);
         }
+        Ok(self.with_policy(layer))
+    }
+
+    /// `layer` with these settings' client policy: `allow_plain`, `mode` and the clients'
+    /// exemptions and redirect URIs, the settings a reload changes.
+    pub(crate) fn with_policy(&self, layer: PkceLayer) -> PkceLayer {
+        let mut layer = layer
+            .without_clients()
+            .allow_plain(self.allow_plain)
+            .mode(self.mode);
         for (id, client) in &self.clients {
             if client.exempt {
                 layer = layer.exempt_client(id.clone());
@@ -324,7 +342,7 @@ impl Config {
                 layer = layer.client_redirect_uris(id.clone(), client.redirect_uris.clone());
             }
         }
-        Ok(layer)
+        layer
     }
 }
 

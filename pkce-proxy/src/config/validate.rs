@@ -14,7 +14,8 @@ const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
 impl Config {
     /// Checks every setting, and the ones that depend on each other: the upstream's form,
     /// paths, names, durations within `(0, 24h]`, counts of at least 1, `--connect-timeout`
-    /// shorter than `--upstream-timeout`, the `--upstream-ca` file, and a Redis URL that the
+    /// shorter than `--upstream-timeout`, the `--upstream-ca` file, `--tls-cert` and
+    /// `--tls-key` (both or neither; a certificate chain and its key), and a Redis URL that the
     /// `redis` crate reads (without connecting). [`Config::from_args`],
     /// [`Proxy::bind`](crate::Proxy::bind) and [`Config::layer`] call it.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -82,6 +83,14 @@ impl Config {
                 return Err(ConfigError::new("--upstream-ca needs an https:// upstream"));
             }
             check_pem(ca)?;
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => {
+                crate::tls::Loaded::read(cert, key).map_err(ConfigError::new)?;
+            }
+            (Some(_), None) => return Err(ConfigError::new("--tls-cert needs --tls-key")),
+            (None, Some(_)) => return Err(ConfigError::new("--tls-key needs --tls-cert")),
+            (None, None) => {}
         }
         check_store(&self.store)?;
         self.layer_settings().map(drop)
