@@ -40,6 +40,9 @@ impl Pki {
         let ca_key = KeyPair::generate().unwrap();
         let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        // Names of their own: OpenSSL (curl) takes a leaf named as its issuer for self-signed.
+        ca.distinguished_name
+            .push(rcgen::DnType::CommonName, "pkce-proxy test CA");
         let ca = ca.self_signed(&ca_key).unwrap();
         let dir =
             std::env::temp_dir().join(format!("pkce-proxy-https-{name}-{}", std::process::id()));
@@ -54,6 +57,9 @@ impl Pki {
         let mut params =
             CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
         params.not_after = rcgen::date_time_ymd(year, 1, 1);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "localhost");
         let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
         // The chain: the leaf, then the CA.
         std::fs::write(self.cert(), format!("{}{}", cert.pem(), self.ca.pem())).unwrap();
@@ -508,4 +514,89 @@ async fn a_broken_certificate_on_reload_changes_nothing() {
     assert!(errors[1].contains("--tls-key"), "{log}");
     let key_line = other.lines().nth(1).unwrap();
     assert!(!log.contains(key_line), "no key material in the log");
+}
+
+/// curl's `-w` output for one request through the proxy, trusting the test CA; `None` where
+/// there is no curl.
+async fn curl(pki: &Pki, version: &str, args: &[&str]) -> Option<String> {
+    let jar = pki.dir.join(format!("jar{version}"));
+    let output = tokio::process::Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", version, "--cacert"])
+        .arg(pki.dir.join("ca.pem"))
+        .arg("-c")
+        .arg(&jar)
+        .arg("-b")
+        .arg(&jar)
+        .args(["-w", "%{http_version} %{http_code} %{redirect_url}"])
+        .args(args)
+        .output()
+        .await;
+    match output {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        output => {
+            let output = output.unwrap();
+            assert!(output.status.success(), "{output:?}");
+            Some(String::from_utf8(output.stdout).unwrap())
+        }
+    }
+}
+
+#[tokio::test]
+async fn full_flows_with_curl_over_http1_and_http2() {
+    let upstream = legacy().await;
+    let pki = Pki::new("curl");
+    pki.issue(2030);
+    std::fs::write(pki.dir.join("ca.pem"), pki.ca.pem()).unwrap();
+    let proxy = start(upstream, &pki, &[]).await;
+    let base = base(&proxy);
+    for (flag, version) in [("--http1.1", "1.1"), ("--http2", "2")] {
+        let pkce = Pkce::new();
+        let query = support::authorize_query(CLIENT, REDIRECT, Some("c"), Some(&pkce.challenge));
+        let Some(out) = curl(&pki, flag, &[&format!("{base}/authorize?{query}")]).await else {
+            eprintln!("no curl: skipped");
+            return;
+        };
+        let (seen, login) = out.split_once(" 302 ").unwrap();
+        assert_eq!(seen, version, "{out}");
+        let next = &support::query_of(login)["next"];
+        let out = curl(
+            &pki,
+            flag,
+            &[
+                "--data-urlencode",
+                "user=alice",
+                "--data-urlencode",
+                &format!("next={next}"),
+                &format!("{base}/login"),
+            ],
+        )
+        .await
+        .unwrap();
+        let back = out.split_once(" 303 ").unwrap().1.to_owned();
+        let out = curl(&pki, flag, &[&back]).await.unwrap();
+        let done = out.split_once(" 302 ").unwrap().1;
+        assert!(done.starts_with(REDIRECT), "{done}");
+        let p = params(done);
+        assert_eq!(p["state"], "c");
+        let out = curl(
+            &pki,
+            flag,
+            &[
+                "-d",
+                "grant_type=authorization_code",
+                "-d",
+                &format!("code={}", support::urlencode(&p["code"])),
+                "-d",
+                &format!("client_id={CLIENT}"),
+                "--data-urlencode",
+                &format!("redirect_uri={REDIRECT}"),
+                "-d",
+                &format!("code_verifier={}", pkce.verifier),
+                &format!("{base}/token"),
+            ],
+        )
+        .await
+        .unwrap();
+        assert_eq!(out.trim(), format!("{version} 200"), "the token response");
+    }
 }
