@@ -599,6 +599,25 @@ mod tests {
     }
 
     #[test]
+    fn without_clients_forgets_the_client_policy_and_keeps_the_rest() {
+        let a = PkceLayer::new()
+            .token_path("/oauth/token")
+            .unwrap()
+            .exempt_client("x")
+            .client_redirect_uris("y", ["https://y.example/cb"])
+            .mode(Mode::Report);
+        let b = a.clone().without_clients();
+        assert!(a.shared.config.is_exempt("x"));
+        assert!(!b.shared.config.is_exempt("x"));
+        assert!(b.shared.config.redirect_uris.is_empty());
+        assert!(!a.shared.config.redirect_uris.is_empty());
+        assert_eq!(b.shared.config.mode, Mode::Report);
+        assert_eq!(b.shared.config.token_path.normalized(), "/oauth/token");
+        assert!(a.shared.store.same_as(&b.shared.store));
+        assert!(Arc::ptr_eq(&a.shared.metrics, &b.shared.metrics));
+    }
+
+    #[test]
     fn paths_are_normalized() {
         let layer = PkceLayer::new()
             .authorize_path("/OAuth2/Authorize/")

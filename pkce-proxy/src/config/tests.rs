@@ -499,3 +499,49 @@ fn value_errors_name_the_setting_and_where_it_came_from() {
         assert_eq!(err.exit_code(), 2);
     }
 }
+
+#[test]
+fn tls_needs_a_certificate_and_its_key() {
+    let dir = std::env::temp_dir().join(format!("pkce-proxy-config-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let (c, k) = (
+        cert_file.display().to_string(),
+        key_file.display().to_string(),
+    );
+    let up = ["--upstream", "http://127.0.0.1:9"];
+    let with = |extra: &[&str], file: &str| parse(&[&up[..], extra].concat(), file);
+
+    let config = with(&["--tls-cert", &c, "--tls-key", &k], "").unwrap();
+    assert_eq!(config.tls_cert.as_deref(), Some(cert_file.as_path()));
+    assert_eq!(config.tls_key.as_deref(), Some(key_file.as_path()));
+    let file = format!("tls_cert = {c:?}\ntls_key = {k:?}\n");
+    let config = with(&[], &file).unwrap();
+    assert_eq!(config.tls_cert.as_deref(), Some(cert_file.as_path()));
+    assert_eq!(Config::defaults().tls_cert, None, "cleartext by default");
+
+    let error = |extra: &[&str]| with(extra, "").unwrap_err().to_string();
+    assert_eq!(error(&["--tls-cert", &c]), "--tls-cert needs --tls-key");
+    assert_eq!(error(&["--tls-key", &k]), "--tls-key needs --tls-cert");
+    // The key as the certificate, the certificate as the key, another key, no file.
+    assert!(error(&["--tls-cert", &k, "--tls-key", &k]).starts_with("invalid --tls-cert"));
+    assert!(error(&["--tls-cert", &c, "--tls-key", &c]).starts_with("invalid --tls-key"));
+    let other = dir.join("other.pem");
+    std::fs::write(&other, rcgen::KeyPair::generate().unwrap().serialize_pem()).unwrap();
+    let other = other.display().to_string();
+    let mismatch = error(&["--tls-cert", &c, "--tls-key", &other]);
+    assert!(mismatch.contains("not the key of"), "{mismatch}");
+    let missing = error(&["--tls-cert", "/nonexistent.pem", "--tls-key", &k]);
+    assert!(
+        missing.starts_with("invalid --tls-cert /nonexistent.pem"),
+        "{missing}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
