@@ -28,8 +28,10 @@
 //!   body and status.
 //! - `Host` is kept. `X-Forwarded-For`, `-Proto` and `-Host` are set; the ones a client sent,
 //!   and `Forwarded` and `X-Real-IP`, are dropped unless `--trust-forwarded` (RFC 9700 §4.13).
-//! - Clients speak HTTP/1.1 or HTTP/2 (prior knowledge); the upstream is spoken to over
-//!   HTTP/1.1 (plain or TLS, rustls) from a keep-alive pool.
+//! - Clients speak HTTP/1.1 or HTTP/2: in cleartext (HTTP/2 by prior knowledge), or over TLS
+//!   1.2/1.3 with ALPN when [`Config::tls_cert`] and [`Config::tls_key`] are set (cleartext is
+//!   then refused). The upstream is spoken to over HTTP/1.1 (plain or TLS, rustls) from a
+//!   keep-alive pool.
 //! - The `pkce-proxy` binary serves on `--workers` threads (one per CPU by default), each with
 //!   its own current-thread runtime, listening socket (`SO_REUSEPORT`) and upstream pool: a
 //!   request is handled start to end on one thread. [`Proxy::serve`] serves on the runtime it
@@ -43,7 +45,7 @@
 //!
 //! | what | default | then |
 //! |---|---|---|
-//! | the first request on a connection | 10 s | the connection is closed |
+//! | the TLS handshake and the first request on a connection | 10 s | the connection is closed |
 //! | request headers | 10 s | the connection is closed |
 //! | a connection without a request in flight | 60 s | the connection is closed |
 //! | a pause in a request body | 10 s | `408`, the connection is closed |

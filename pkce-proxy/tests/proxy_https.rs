@@ -400,9 +400,7 @@ async fn authorize_without_challenge(browser: &reqwest::Client, base: &str) -> S
         .unwrap();
     if response.status() == StatusCode::FOUND {
         // The error, redirected to the registered URI.
-        assert!(params(response.headers()["location"].to_str().unwrap())
-            .get("error")
-            .is_some());
+        assert!(params(response.headers()["location"].to_str().unwrap()).contains_key("error"));
         return StatusCode::BAD_REQUEST;
     }
     response.status()
