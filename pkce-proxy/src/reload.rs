@@ -136,7 +136,9 @@ fn read(args: Vec<OsString>, tls: bool) -> Result<(Config, Option<Loaded>), Stri
 }
 
 /// The flags of the settings that differ between `old` and `new` and cannot change live.
+/// With `tls` on, other certificate files can; turning TLS off cannot.
 fn needs_restart(old: &Config, new: &Config, tls: bool) -> Vec<String> {
+    let tls = tls && new.tls_cert.is_some() && new.tls_key.is_some();
     let (Ok(old), Ok(new)) = (toml::Table::try_from(old), toml::Table::try_from(new)) else {
         return Vec::new();
     };
@@ -165,10 +167,16 @@ mod tests {
         new.listen = "127.0.0.1:9999".parse().unwrap();
         new.workers = 3;
         new.tls_cert = Some("c.pem".into());
+        new.tls_key = Some("k.pem".into());
         assert_eq!(
             needs_restart(&old, &new, false),
-            ["--listen", "--tls-cert", "--workers"]
+            ["--listen", "--tls-cert", "--tls-key", "--workers"]
         );
         assert_eq!(needs_restart(&old, &new, true), ["--listen", "--workers"]);
+        // TLS off: a restart.
+        assert_eq!(
+            needs_restart(&new, &old, true),
+            ["--listen", "--tls-cert", "--tls-key", "--workers"]
+        );
     }
 }

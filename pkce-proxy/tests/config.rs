@@ -56,6 +56,8 @@ async fn the_printed_configuration_reads_back_the_same() {
         "admin_listen = \"\"",
         "par_path = \"\"",
         "upstream_ca = \"\"",
+        "tls_cert = \"\"",
+        "tls_key = \"\"",
         "pending_ttl = \"10m\"",
         "max_body = 65536",
         "max_connections = 10000",
@@ -64,7 +66,7 @@ async fn the_printed_configuration_reads_back_the_same() {
     ] {
         assert!(printed.lines().any(|l| l == line), "{line} in\n{printed}");
     }
-    assert_eq!(printed.lines().filter(|l| l.contains(" = ")).count(), 29);
+    assert_eq!(printed.lines().filter(|l| l.contains(" = ")).count(), 31);
 
     let rich = assert_round_trip(
         &dir,
