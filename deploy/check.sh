@@ -4,8 +4,7 @@
 #   deploy/check.sh [PROXY_BIN]
 #
 # - the example TOML files (systemd's, the ConfigMap's) load in pkce-proxy (--print-config),
-#   and every PKCE_PROXY_* variable and flag they use is one the binary knows (the TLS ones
-#   of issue 18 only once the binary has --tls-cert);
+#   and every PKCE_PROXY_* variable and flag they use is one the binary knows;
 # - the image's HEALTHCHECK command, run against pkce-proxy started with the image's ENV;
 # - systemd-analyze verify on the unit, its ExecStart pointed at PROXY_BIN, and its exposure
 #   score (printed, not judged);
@@ -46,7 +45,6 @@ fi
 # The proxy reads PKCE_PROXY_* from the environment: run it with none but those given.
 proxy() { env -i PATH="$PATH" "$@"; }
 HELP=$(proxy "$PROXY_BIN" --help)
-if grep -q -- '--tls-cert' <<<"$HELP"; then HAS_TLS=1; else HAS_TLS=""; fi
 
 # ------------------------------------------------------------------ tools from PyPI
 if [[ ! -x $VENV/bin/kubernetes-validate ]]; then
@@ -124,8 +122,6 @@ fi
 for var in $(grep -rhoE 'PKCE_PROXY_[A-Z_]+' "$DEPLOY" --exclude=check.sh | sort -u); do
     if grep -qE "\[env: ${var}[]=]" <<<"$HELP"; then
         ok "$var is known"
-    elif [[ $var = PKCE_PROXY_TLS_* && -z $HAS_TLS ]]; then
-        skip "$var: this pkce-proxy has no TLS yet (issue 18)"
     else
         fail "$var, used under deploy/, is not a variable pkce-proxy reads"
     fi
@@ -134,8 +130,6 @@ for flag in $(grep -hoE -- '(^ *- |pkce-proxy )--[a-z-]+' "$DEPLOY/kubernetes/de
     "$DEPLOY/systemd/pkce-proxy.service" | grep -oE -- '--[a-z-]+' | sort -u); do
     if grep -qE -- "(^| )${flag}[ =]" <<<"$HELP"; then
         ok "$flag is known"
-    elif [[ $flag = --tls-* && -z $HAS_TLS ]]; then
-        skip "$flag: this pkce-proxy has no TLS yet (issue 18)"
     else
         fail "$flag, used under deploy/, is not a pkce-proxy flag"
     fi
