@@ -460,6 +460,8 @@ pub(super) fn rebuild<ReqBody>(
         preflight,
     } = rebuilt;
     // A request already on the canonical target (most) keeps its URI: no new one to allocate.
+    // Saves ~800 instructions (1.3 %) and 2 mallocs per flow: benches/flow_instructions.sh,
+    // issue 16.
     let same =
         parts.uri.path() == path && parts.uri.query().unwrap_or_default().as_bytes() == query;
     if !same {
