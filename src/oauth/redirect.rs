@@ -130,16 +130,11 @@ pub(crate) fn restore_state(location: &str, capture: &Capture<'_>, state: Option
     let bytes = location.as_bytes();
     let out = match state {
         Some(state) => {
-            // One buffer of the exact length: it becomes the header value as it is.
-            let head = bytes.get(..span.start).unwrap_or_default();
-            let tail = bytes.get(span.end..).unwrap_or_default();
-            let encoded = || form_urlencoded::byte_serialize(state.as_bytes());
-            let len = head.len() + 6 + encoded().map(str::len).sum::<usize>() + tail.len();
-            let mut out = Vec::with_capacity(len);
-            out.extend_from_slice(head);
+            let mut out = bytes.get(..span.start).unwrap_or_default().to_vec();
             out.extend_from_slice(b"state=");
-            encoded().for_each(|piece| out.extend_from_slice(piece.as_bytes()));
-            out.extend_from_slice(tail);
+            form_urlencoded::byte_serialize(state.as_bytes())
+                .for_each(|piece| out.extend_from_slice(piece.as_bytes()));
+            out.extend_from_slice(bytes.get(span.end..).unwrap_or_default());
             out
         }
         None => {

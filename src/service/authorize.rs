@@ -237,8 +237,7 @@ async fn apply_authorize(
     let form_post = params.response_mode.as_deref() == Some("form_post");
     let decision = match route_authorize(params, pushed, policy)? {
         Route::Decided(decision) => decision,
-        // Boxed: the rarer path, kept out of every authorization request's future.
-        Route::RequestUri(uri) => Box::pin(by_request_uri(shared, params, policy, uri)).await?,
+        Route::RequestUri(uri) => by_request_uri(shared, params, policy, uri).await?,
         Route::ByState => {
             let live = live_flow(shared, params).await?;
             let decision = decide_authorize(params, pushed, policy, live.as_ref())?;
@@ -366,9 +365,7 @@ where
     ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
-    // The checks run in a future of their own, boxed: what this one keeps while the upstream
-    // answers stays small.
-    let req = match Box::pin(authorize_forward(&shared, req)).await {
+    let req = match authorize_forward(&shared, req).await {
         Ok(req) => req,
         Err(refusal) => return Ok(respond(refusal)),
     };
@@ -424,7 +421,7 @@ where
 
     let query = parts.uri.query().unwrap_or_default().as_bytes();
     let parsed = authorize::parse(query, buffered.as_deref());
-    let (forward, params) = match Box::pin(decide_parsed(shared, parsed, false)).await {
+    let (forward, params) = match decide_parsed(shared, parsed, false).await {
         Ok(ok) => ok,
         Err((reason, params)) => {
             let client = params.as_ref().and_then(|p| p.client_id.as_deref());

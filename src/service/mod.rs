@@ -391,31 +391,8 @@ fn timed_out(mut error: &(dyn std::error::Error + 'static)) -> bool {
 
 /// Sets the framing headers for a buffered body.
 fn set_length(headers: &mut HeaderMap, len: usize) {
-    // A body forwarded as it came, with its one canonical length and no other framing, needs
-    // nothing changed.
-    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
-    let stated = match (lengths.next(), lengths.next()) {
-        (Some(value), None) => Some(value.as_bytes()),
-        _ => None,
-    };
-    let same = stated.is_some_and(|v| is_canonical_length(v, len))
-        && !headers.contains_key(header::TRANSFER_ENCODING);
-    if !same {
-        headers.remove(header::TRANSFER_ENCODING);
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    }
-}
-
-/// Whether `value` is `len` in decimal, written the one way `set_length` would write it.
-fn is_canonical_length(value: &[u8], len: usize) -> bool {
-    let digits = value.iter().all(u8::is_ascii_digit);
-    let padded = value.len() > 1 && value.first() == Some(&b'0');
-    digits
-        && !padded
-        && std::str::from_utf8(value)
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            == Some(len)
+    headers.remove(header::TRANSFER_ENCODING);
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
 }
 
 /// Whether a body the layer read is framed so that it and the upstream read the same bytes:
@@ -440,6 +417,8 @@ fn is_form_or_untyped(headers: &HeaderMap) -> bool {
 /// A path and query: `path`, then `?` and the `pieces` of the query, in one buffer of the
 /// exact length (which the new URI then holds without a copy).
 fn path_and_query(path: &str, pieces: &[&[u8]]) -> Vec<u8> {
+    // The exact length saves ~2 200 instructions (3.8 %) and 1 malloc per flow over a growing
+    // `Vec`: benches/flow_instructions.sh, issue 16.
     let query_len: usize = pieces.iter().map(|p| p.len()).sum();
     let mut out = Vec::with_capacity(path.len() + 1 + query_len);
     out.extend_from_slice(path.as_bytes());
@@ -567,7 +546,7 @@ mod tests {
     }
 
     #[test]
-    fn a_length_is_kept_only_when_it_is_the_one_canonical_length() {
+    fn a_buffered_body_has_its_one_length_and_no_other_framing() {
         let length = |values: &[&'static str], chunked: bool| {
             let mut headers = HeaderMap::new();
             for v in values {
@@ -587,15 +566,6 @@ mod tests {
                 .map(|v| v.to_str().unwrap_or("?").to_owned())
                 .collect::<Vec<_>>()
         };
-        // The one canonical length is kept as it was (the same value, not a rewritten one).
-        let sent = "12";
-        let mut headers = HeaderMap::new();
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static(sent));
-        set_length(&mut headers, 12);
-        let kept = headers
-            .get(header::CONTENT_LENGTH)
-            .map(|v| v.as_bytes().as_ptr());
-        assert_eq!(kept, Some(sent.as_ptr()));
         assert_eq!(length(&["12"], false), ["12"]);
         assert_eq!(length(&[], false), ["12"]);
         assert_eq!(length(&["012"], false), ["12"]);
@@ -603,8 +573,5 @@ mod tests {
         assert_eq!(length(&["13"], false), ["12"]);
         assert_eq!(length(&["12", "12"], false), ["12"]);
         assert_eq!(length(&["12"], true), ["12"]);
-        assert!(is_canonical_length(b"0", 0));
-        assert!(!is_canonical_length(b"00", 0));
-        assert!(!is_canonical_length(b"", 0));
     }
 }

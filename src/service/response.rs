@@ -61,16 +61,13 @@ where
         return response.map(PkceBody::new);
     }
     if metadata && response.status() == http::StatusCode::OK {
-        // The rare paths are boxed, so every redirect's future does not carry them.
-        return Box::pin(rewrite_metadata(shared, response)).await;
+        return rewrite_metadata(shared, response).await;
     }
     if is_html_page(&response) {
-        return Box::pin(capture_form_post(shared, response)).await;
+        return capture_form_post(shared, response).await;
     }
     let mut response = response;
-    // Boxed, as are the checks of a request: a future of a few hundred bytes comes from the
-    // allocator's per-thread cache, where one of a few kilobytes does not.
-    match Box::pin(capture_redirect(shared, response.headers_mut())).await {
+    match capture_redirect(shared, response.headers_mut()).await {
         Ok(false) => response.map(PkceBody::new),
         Ok(true) => {
             // The body of a redirect may repeat its target, handle and all ("You are being

@@ -235,8 +235,7 @@ where
     ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
-    // As for authorization requests: the checks in a boxed future of their own.
-    let (req, redemption) = match Box::pin(token_forward(&shared, req)).await {
+    let (req, redemption) = match token_forward(&shared, req).await {
         Ok(forward) => forward,
         Err(refusal) => return Ok(respond(refusal)),
     };
@@ -294,7 +293,7 @@ where
             .map(|req| (req, None))
             .ok_or_else(|| error::json(Reason::UnbuildableRequest));
     }
-    match Box::pin(check_token(shared, &parts, &bytes)).await {
+    match check_token(shared, &parts, &bytes).await {
         Ok(checked) => {
             let client = checked.client.as_deref();
             allow(shared, EP, client, checked.pass, checked.code.as_ref());
@@ -461,6 +460,8 @@ pub(super) fn rebuild<ReqBody>(
         preflight,
     } = rebuilt;
     // A request already on the canonical target (most) keeps its URI: no new one to allocate.
+    // Saves ~800 instructions (1.3 %) and 2 mallocs per flow: benches/flow_instructions.sh,
+    // issue 16.
     let same =
         parts.uri.path() == path && parts.uri.query().unwrap_or_default().as_bytes() == query;
     if !same {

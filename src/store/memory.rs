@@ -1,5 +1,4 @@
 use std::future::{ready, Future};
-use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, TryLockError};
 use std::time::{Duration, Instant};
@@ -61,9 +60,9 @@ struct Inner {
 /// A map from the first half of a key's SHA-256 (collisions need 2^64 work even among a
 /// billion entries) to an expiry and an encoded record: 40 bytes a slot, so a million
 /// entries cost what they hold plus a little, not the width of decoded structures.
-type Map = DashMap<Key, Timed, KeyHash>;
+type Map = DashMap<Key, Timed>;
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 struct Key([u8; 16]);
 
 impl Key {
@@ -74,48 +73,6 @@ impl Key {
                 .copied()
                 .unwrap_or_default(),
         )
-    }
-}
-
-impl Hash for Key {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        let (head, _) = self.0.split_at(8);
-        let mut word = [0u8; 8];
-        word.copy_from_slice(head);
-        state.write_u64(u64::from_le_bytes(word));
-    }
-}
-
-/// Keys are already uniform digests: their first eight bytes are the hash. (Nobody can aim
-/// entries at one bucket without finding SHA-256 preimages.)
-#[derive(Clone, Copy, Default, Debug)]
-struct KeyHash;
-
-impl BuildHasher for KeyHash {
-    type Hasher = KeyHasher;
-
-    fn build_hasher(&self) -> KeyHasher {
-        KeyHasher(0)
-    }
-}
-
-#[derive(Debug)]
-struct KeyHasher(u64);
-
-impl Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `write_u64` is used by `Key`; fold anything else in all the same.
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
     }
 }
 
@@ -154,8 +111,8 @@ impl MemoryStore {
     pub fn with_capacity(capacity: usize) -> Self {
         Self {
             inner: Arc::new(Inner {
-                flows: DashMap::with_hasher(KeyHash),
-                codes: DashMap::with_hasher(KeyHash),
+                flows: DashMap::new(),
+                codes: DashMap::new(),
                 len: AtomicUsize::new(0),
                 capacity,
                 sweep_interval_ms: AtomicU64::new(DEFAULT_SWEEP_INTERVAL.as_millis() as u64),
@@ -353,6 +310,8 @@ impl Inner {
             self.remove_expired(&self.codes, key, now);
             return Ok(None);
         }
+        // In place, not decoded and encoded again: saves ~700 instructions (1.2 %) and 2 mallocs
+        // per flow: benches/flow_instructions.sh, issue 16.
         let (state, failures) = code_tail_mut(&mut entry.record)
             .ok_or_else(|| StoreError::backend("corrupt record"))?;
         Ok(Some(change(state, failures)))
