@@ -202,7 +202,9 @@ start_proxy() { # name port admin [extra flag...]
     shift 3
     STARTED_CMD=("$PROXY_BIN" --upstream "http://127.0.0.1:$UPSTREAM_PORT"
         --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin"
-        --max-pending "$MAX_PENDING" --shutdown-grace 2s "$@")
+        --max-pending "$MAX_PENDING" --shutdown-grace 2s "$@"
+        # The token endpoint forwards only the headers it knows: name the flow's echo header.
+        --token-forward-header X-Load-Flow)
     # shellcheck disable=SC2206  # LOAD_PROXY_ARGS is split on purpose
     STARTED_CMD+=($PROXY_ARGS)
     env "${unset_env[@]}" RUST_LOG="$PROXY_LOG" "${STARTED_CMD[@]}" \
