@@ -9,15 +9,24 @@ For every target (name=host:port):
   - for pkce-proxy, an authorization request without code_challenge is refused (400);
   - GET of the static path -> 200 with the expected body.
 
+With --cafile (run.sh's LOAD_TLS=1) every request goes over HTTPS, and the target's
+certificate must verify against that CA and name the host (an IP address SAN for 127.0.0.1).
+Like wrk, the client offers no ALPN, so HTTP/1.1 is spoken. With --tls-report, one line per
+target goes to that file: the TLS version, cipher suite, ALPN and the certificate's SHA-256
+as this client (Python's ssl, OpenSSL) negotiated them.
+
 Exits 1 with a message on the first failure.
 
 usage: preflight.py --pairs PAIRS.lua --client-id ID --redirect-uri URI
+                    [--cafile CA.pem [--tls-report FILE]]
                     --target NAME=HOST:PORT[:enforces] ...
 """
 
 import argparse
+import hashlib
 import http.client
 import json
+import ssl
 import sys
 import urllib.parse
 
@@ -35,16 +44,30 @@ def load_pairs(path):
 
 
 class Check:
-    def __init__(self, name, host, port, args):
+    def __init__(self, name, host, port, args, context=None):
         self.name, self.host, self.port, self.args = name, host, port, args
+        self.context = context      # an ssl.SSLContext: HTTPS
+        self.tls = None             # what the first HTTPS connection negotiated
+        self.certificate = None     # the SHA-256 of the certificate it got
 
     def fail(self, what):
         sys.exit(f"preflight: {self.name} ({self.host}:{self.port}): {what}")
 
     def request(self, method, path, body=None, headers=None):
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=5)
+        if self.context is None:
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=5)
+        else:
+            conn = http.client.HTTPSConnection(self.host, self.port, timeout=5, context=self.context)
         try:
-            conn.request(method, path, body=body, headers=headers or {})
+            try:
+                conn.request(method, path, body=body, headers=headers or {})
+            except ssl.SSLError as e:
+                self.fail(f"TLS: {e}")
+            if self.context is not None and self.tls is None:
+                s = conn.sock
+                self.certificate = hashlib.sha256(s.getpeercert(True)).hexdigest()
+                self.tls = (f"{s.version()} {s.cipher()[0]}, ALPN {s.selected_alpn_protocol() or 'none'}, "
+                            f"certificate sha256 {self.certificate[:16]}")
             r = conn.getresponse()
             return r.status, dict((k.lower(), v) for k, v in r.getheaders()), r.read()
         finally:
@@ -126,7 +149,8 @@ class Check:
         if status != 200 or body != self.args.static_body.encode():
             self.fail(f"GET {self.args.static_path}: expected 200 with the static body, got {status}: {body[:200]!r}")
         what = "enforces PKCE (wrong verifier refused)" if enforces else "no PKCE (wrong verifier accepted)"
-        print(f"preflight: {self.name}: flow ok, pass-through ok, {what}", file=sys.stderr)
+        over = f", over HTTPS: {self.tls}" if self.tls else ""
+        print(f"preflight: {self.name}: flow ok, pass-through ok, {what}{over}", file=sys.stderr)
 
 
 def main():
@@ -137,13 +161,29 @@ def main():
     ap.add_argument("--static-path", default="/static/x")
     ap.add_argument("--static-body", default="hello from upstream\n")
     ap.add_argument("--target", action="append", required=True)
+    ap.add_argument("--cafile", help="HTTPS, verifying the targets' certificates with this CA")
+    ap.add_argument("--tls-report", help="with --cafile: write what each target negotiated here")
     args = ap.parse_args()
     pairs = load_pairs(args.pairs)
+    context = None
+    if args.cafile:
+        # Verifies the chain and the host (an IP address SAN here); no ALPN, as wrk.
+        context = ssl.create_default_context(cafile=args.cafile)
+    report, certificates = [], set()
     for spec in args.target:
         name, addr = spec.split("=", 1)
         parts = addr.split(":")
         enforces = len(parts) == 3 and parts[2] == "enforces"
-        Check(name, parts[0], int(parts[1]), args).run(enforces, pairs)
+        check = Check(name, parts[0], int(parts[1]), args, context)
+        check.run(enforces, pairs)
+        if check.tls:
+            report.append(f"{name}: {check.tls}")
+            certificates.add(check.certificate)
+    if len(certificates) > 1:
+        sys.exit("preflight: the targets do not serve the same certificate: " + "; ".join(report))
+    if args.tls_report:
+        with open(args.tls_report, "w", encoding="utf-8") as f:
+            f.write("".join(line + "\n" for line in report))
 
 
 if __name__ == "__main__":

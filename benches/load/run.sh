@@ -8,10 +8,13 @@
 #                                  under pkce-proxy's own stack)
 #   upstream                      (straight to the upstream: the limit)
 # on this machine, under the same wrk load, in alternating rounds. See README.md here.
+# With LOAD_TLS=1, wrk speaks HTTPS to pkce-proxy and nginx (the same throwaway certificate;
+# cleartext to the upstream behind them), and only those two targets run: the scenarios are
+# then labelled flow-https and passthrough-https.
 #
 # Knobs (environment): ROUNDS=3 DURATION=10s CONNECTIONS=64 THREADS=2, and the LOAD_*
-# variables listed in README.md. Nothing is installed; nginx, wrk, python3 and cargo must be
-# there already.
+# variables listed in README.md. Nothing is installed; nginx, wrk, python3 and cargo (and
+# openssl with LOAD_TLS=1) must be there already.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -24,7 +27,12 @@ THREADS=${THREADS:-2}
 WARMUP=${LOAD_WARMUP:-2s}                 # per target, before round 1, not recorded; 0 to skip
 PAUSE=${LOAD_PAUSE:-1}                    # seconds between two wrk runs
 WRK_TIMEOUT=${LOAD_WRK_TIMEOUT:-5s}
-TARGETS=${LOAD_TARGETS:-"pkce-proxy nginx pkce-proxy-off hyper-floor upstream"}
+TLS=${LOAD_TLS:-0}                        # 1: HTTPS between wrk and the targets
+if [ "$TLS" = 1 ]; then
+    TARGETS=${LOAD_TARGETS:-"pkce-proxy nginx"}
+else
+    TARGETS=${LOAD_TARGETS:-"pkce-proxy nginx pkce-proxy-off hyper-floor upstream"}
+fi
 SCENARIOS=${LOAD_SCENARIOS:-"flow passthrough"}
 NPAIRS=${LOAD_PAIRS_COUNT:-4096}
 BASE_PORT=${LOAD_BASE_PORT:-18180}
@@ -46,6 +54,30 @@ OFF_ADMIN_PORT=$((BASE_PORT + 7))
 
 say() { printf '%s\n' "$*" >&2; }
 die() { say "run.sh: $*"; exit 1; }
+
+# --- LOAD_TLS: which targets and scenarios make sense over HTTPS ----------------------------
+case $TLS in 0 | 1) ;; *) die "LOAD_TLS is 1 (HTTPS) or 0 (cleartext, the default), not '$TLS'" ;; esac
+# The name a scenario's results go by: flow.lua over HTTPS is "flow-https".
+label_of() { if [ "$TLS" = 1 ]; then echo "$1-https"; else echo "$1"; fi; }
+scenarios=()
+for s in $SCENARIOS; do
+    case $s in
+        *-https)
+            [ "$TLS" = 1 ] || die "scenario $s is the HTTPS variant of ${s%-https}: set LOAD_TLS=1"
+            s=${s%-https} ;;
+    esac
+    scenarios+=("$s")
+done
+SCENARIOS=${scenarios[*]}
+if [ "$TLS" = 1 ]; then
+    for t in $TARGETS; do
+        case $t in
+            pkce-proxy-off) die "LOAD_TLS=1 runs pkce-proxy and nginx only: pkce-proxy-off is left out over HTTPS (the comparison is pkce-proxy's TLS listener against nginx's); set LOAD_TARGETS=\"pkce-proxy nginx\"" ;;
+            hyper-floor) die "LOAD_TLS=1 runs pkce-proxy and nginx only: hyper-floor has no TLS listener; set LOAD_TARGETS=\"pkce-proxy nginx\"" ;;
+            upstream) die "LOAD_TLS=1 runs pkce-proxy and nginx only: the upstream stays cleartext (what is compared is the client side's TLS); set LOAD_TARGETS=\"pkce-proxy nginx\"" ;;
+        esac
+    done
+fi
 # `-p pkce-proxy` where the proxy is its own package (a tree at or after the workspace split).
 package_of() { if [ -f "$1/pkce-proxy/Cargo.toml" ]; then echo "-p pkce-proxy"; fi; }
 
@@ -61,6 +93,9 @@ if [ ${#missing[@]} -gt 0 ]; then
     exit 1
 fi
 command -v python3 >/dev/null || die "python3 is needed (pair generation, preflight, summary)"
+if [ "$TLS" = 1 ]; then
+    command -v openssl >/dev/null || die "LOAD_TLS=1 needs openssl (the throwaway certificates); apt-get install -y openssl"
+fi
 if [ -z "${LOAD_PROXY_BIN:-}" ]; then
     command -v cargo >/dev/null || die "cargo is needed to build pkce-proxy (or set LOAD_PROXY_BIN)"
 fi
@@ -154,6 +189,45 @@ fi
 python3 "$HERE/gen_pairs.py" "$NPAIRS" "$WORKDIR/pairs.lua"
 ENCODED_REDIRECT=$(python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1], safe="-._~"))' "$REDIRECT_URI")
 
+# With LOAD_TLS=1: a throwaway CA and a leaf for 127.0.0.1 (SAN IP:127.0.0.1), both ECDSA
+# P-256, in $WORKDIR/tls. The front nginx and pkce-proxy serve the same files (the leaf alone
+# as the chain); the preflight verifies them with the CA; wrk verifies nothing.
+TLS_DIR=$WORKDIR/tls
+LISTEN_SSL=
+TLS_CONFIG=
+PROXY_TLS_ARGS=()
+PREFLIGHT_TLS_ARGS=()
+make_certificates() { # dir
+    local d=$1
+    openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$d/ca.key"
+    openssl req -x509 -new -key "$d/ca.key" -sha256 -days 7 \
+        -subj "/CN=pkce-proxy load test CA (throwaway)" \
+        -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+        -out "$d/ca.pem"
+    openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$d/key.pem"
+    openssl req -new -key "$d/key.pem" -subj "/CN=127.0.0.1" -out "$d/cert.csr"
+    printf '%s\n' "basicConstraints=critical,CA:FALSE" "keyUsage=critical,digitalSignature" \
+        "extendedKeyUsage=serverAuth" "subjectAltName=IP:127.0.0.1" \
+        "subjectKeyIdentifier=hash" "authorityKeyIdentifier=keyid" >"$d/cert.ext"
+    openssl x509 -req -in "$d/cert.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" -set_serial 2 \
+        -sha256 -days 7 -extfile "$d/cert.ext" -out "$d/cert.pem"
+    openssl verify -CAfile "$d/ca.pem" "$d/cert.pem"
+}
+if [ "$TLS" = 1 ]; then
+    mkdir -p "$TLS_DIR"
+    make_certificates "$TLS_DIR" >"$TLS_DIR/openssl.log" 2>&1 \
+        || { cat "$TLS_DIR/openssl.log" >&2; die "making the throwaway certificates failed"; }
+    LISTEN_SSL=" ssl"
+    # Session cache and tickets stay at nginx's defaults (ssl_session_cache none,
+    # ssl_session_tickets on); ciphers too (ssl_ciphers HIGH:!aNULL:!MD5, the client's order).
+    TLS_CONFIG="
+        ssl_certificate $TLS_DIR/cert.pem;
+        ssl_certificate_key $TLS_DIR/key.pem;
+        ssl_protocols TLSv1.2 TLSv1.3;"
+    PROXY_TLS_ARGS=(--tls-cert "$TLS_DIR/cert.pem" --tls-key "$TLS_DIR/key.pem")
+    PREFLIGHT_TLS_ARGS=(--cafile "$TLS_DIR/ca.pem" --tls-report "$TLS_DIR/negotiated.txt")
+fi
+
 render() { # template out KEY=VALUE...
     python3 - "$@" <<'EOF'
 import sys
@@ -173,7 +247,7 @@ render "$HERE/upstream.nginx.conf.in" "$WORKDIR/upstream/nginx.conf" \
     REDIRECT_URI="$REDIRECT_URI" REDIRECT_URI_ENCODED="$ENCODED_REDIRECT"
 render "$HERE/front.nginx.conf.in" "$WORKDIR/front/nginx.conf" \
     DIR="$WORKDIR/front" PORT="$NGINX_PORT" UPSTREAM_PORT="$UPSTREAM_PORT" \
-    KEEPALIVE="$CONNECTIONS"
+    KEEPALIVE="$CONNECTIONS" LISTEN_SSL="$LISTEN_SSL" TLS_CONFIG="$TLS_CONFIG"
 
 # --- start ---------------------------------------------------------------------------------
 start_nginx() { # name
@@ -213,7 +287,7 @@ start_proxy() { # name port admin [extra flag...]
     STARTED_PID=${PIDS[-1]}
     wait_port "$port" "$name" "$STARTED_PID"
 }
-start_proxy pkce-proxy "$PROXY_PORT" "$ADMIN_PORT"
+start_proxy pkce-proxy "$PROXY_PORT" "$ADMIN_PORT" "${PROXY_TLS_ARGS[@]}"
 PROXY_PID=$STARTED_PID
 PROXY_CMD=("${STARTED_CMD[@]}")
 # The same binary and options, with the authorization, token and PAR paths moved where no
@@ -256,7 +330,7 @@ for t in $TARGETS; do
     fi
 done
 python3 "$HERE/preflight.py" --pairs "$WORKDIR/pairs.lua" --client-id "$CLIENT_ID" \
-    --redirect-uri "$REDIRECT_URI" --static-path "$STATIC_PATH" "${preflight[@]}"
+    --redirect-uri "$REDIRECT_URI" --static-path "$STATIC_PATH" "${preflight[@]}" "${PREFLIGHT_TLS_ARGS[@]}"
 
 metrics() { # out: the proxy's /metrics
     python3 - "$ADMIN_PORT" >"$1" <<'EOF' || true
@@ -295,11 +369,13 @@ pid_of() {
 }
 
 run_wrk() { # out target scenario duration
-    local out=$1 target=$2 scenario=$3 duration=$4 url pid user0 sys0 user1 sys1 ticks done_ops
-    url=http://127.0.0.1:$(port_of "$target")
+    local out=$1 target=$2 scenario=$3 duration=$4 url pid user0 sys0 user1 sys1 ticks done_ops label scheme=http
+    label=$(label_of "$scenario")
+    if [ "$TLS" = 1 ]; then scheme=https; fi
+    url=$scheme://127.0.0.1:$(port_of "$target")
     if [ "$scenario" = passthrough ]; then url+=$STATIC_PATH; else url+=/; fi
     {
-        echo "# $(date -Is) target=$target scenario=$scenario loadavg: $(cat /proc/loadavg)"
+        echo "# $(date -Is) target=$target scenario=$label loadavg: $(cat /proc/loadavg)"
         echo "# wrk -t$THREADS -c$CONNECTIONS -d$duration --timeout $WRK_TIMEOUT -s $HERE/$scenario.lua $url"
     } >"$out"
     pid=$(pid_of "$target")
@@ -317,6 +393,7 @@ run_wrk() { # out target scenario duration
     awk -v t="$ticks" -v u="$((user1 - user0))" -v hz="$CLK_TCK" -v n="$done_ops" \
         'BEGIN { printf "CPU of the target itself: %.2f s (%.2f s user), %.1f us per op\n", t / hz, u / hz, (n > 0 ? t / hz * 1e6 / n : 0) }' >>"$out"
     sed -i "s/^RESULT .*/& cpu_ticks=$ticks cpu_user_ticks=$((user1 - user0)) clk_tck=$CLK_TCK/" "$out"
+    if [ "$label" != "$scenario" ]; then sed -i "s/^RESULT scenario=$scenario /RESULT scenario=$label /" "$out"; fi
 }
 
 field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$2"; }
@@ -325,10 +402,11 @@ LOAD_START=$(cat /proc/loadavg)
 if [ "$WARMUP" != 0 ]; then
     for t in $TARGETS; do
         for s in $SCENARIOS; do
-            out=$WORKDIR/raw/warmup-$s-$t.txt
+            label=$(label_of "$s")
+            out=$WORKDIR/raw/warmup-$label-$t.txt
             run_wrk "$out" "$t" "$s" "$WARMUP"
             line=$(grep '^RESULT ' "$out")
-            say "warm-up  $s $t: $(field rate "$line")/s, refused/unmatched $(field refused "$line")"
+            say "warm-up  $label $t: $(field rate "$line")/s, refused/unmatched $(field refused "$line")"
             sleep "$PAUSE"
         done
     done
@@ -340,14 +418,15 @@ read -r -a targets <<<"$TARGETS"
 n=${#targets[@]}
 for ((r = 1; r <= ROUNDS; r++)); do
     for s in $SCENARIOS; do
+        label=$(label_of "$s")
         # Rotate the order every round, so no target always runs first (or after another).
         for ((i = 0; i < n; i++)); do
             t=${targets[$(((i + r - 1) % n))]}
-            out=$WORKDIR/raw/round$r-$s-$t.txt
+            out=$WORKDIR/raw/round$r-$label-$t.txt
             run_wrk "$out" "$t" "$s" "$DURATION"
             line=$(grep '^RESULT ' "$out")
-            printf '%s\t%s\t%s\t%s\n' "$r" "$t" "$s" "$line" >>"$RESULTS"
-            say "round $r/$ROUNDS  $s $t: $(field rate "$line")/s, p50 $(field p50_us "$line") µs," \
+            printf '%s\t%s\t%s\t%s\n' "$r" "$t" "$label" "$line" >>"$RESULTS"
+            say "round $r/$ROUNDS  $label $t: $(field rate "$line")/s, p50 $(field p50_us "$line") µs," \
                 "p99 $(field p99_us "$line") µs, refused/unmatched $(field refused "$line")," \
                 "socket errors $(field socket_errors "$line"), target CPU $(field cpu_ticks "$line") ticks"
             sleep "$PAUSE"
@@ -383,13 +462,28 @@ PROXY_LOG_LINES=$(($(wc -l <"$WORKDIR/pkce-proxy.log") - LOG_LINES_PREFLIGHT))
 # --- report --------------------------------------------------------------------------------
 REPORT=$WORKDIR/results.md
 {
-    echo "## pkce-proxy load test ($(date -u '+%Y-%m-%d %H:%M UTC'))"
+    if [ "$TLS" = 1 ]; then
+        echo "## pkce-proxy load test over HTTPS, LOAD_TLS=1 ($(date -u '+%Y-%m-%d %H:%M UTC'))"
+    else
+        echo "## pkce-proxy load test ($(date -u '+%Y-%m-%d %H:%M UTC'))"
+    fi
     echo
     echo "- pkce-proxy built from: $SOURCE"
     echo "- machine: nproc $(nproc), $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)"
     echo "- load average (1/5/15 min): at start $(cut -d' ' -f1-3 <<<"$LOAD_START"), at end $(cut -d' ' -f1-3 <<<"$LOAD_END")"
     echo "- $("$NGINX" -v 2>&1), $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)"
     echo "- load: wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $ROUNDS rounds, targets rotated each round, warm-up $WARMUP per target"
+    if [ "$TLS" = 1 ]; then
+        echo "- **HTTPS** between wrk and the targets (https:// URLs; scenarios named *-https), cleartext HTTP/1.1 from them to"
+        echo "  the upstream. Both serve the same certificate: an ECDSA P-256 leaf for IP 127.0.0.1 from a throwaway CA"
+        echo "  ($TLS_DIR). wrk keeps its $CONNECTIONS connections alive: one handshake per connection per run, so this is"
+        echo "  mostly the cost of TLS records, not of handshakes. wrk offers no ALPN: HTTP/1.1 over TLS on both."
+        echo "- front nginx: ssl_protocols TLSv1.2 TLSv1.3, session cache and tickets at nginx's defaults"
+        echo "  (ssl_session_cache none, ssl_session_tickets on), ssl_ciphers at its default; pkce-proxy: --tls-cert/--tls-key"
+        echo "  (rustls with ring: TLS 1.2 and 1.3, ALPN h2 and http/1.1, rustls' default session resumption)"
+        echo "- negotiated, as the preflight's client saw it (Python's ssl on $(python3 -c 'import ssl; print(ssl.OPENSSL_VERSION)'), no ALPN, as wrk):"
+        sed 's/^/  - /' "$TLS_DIR/negotiated.txt"
+    fi
     echo "- pkce-proxy: RUST_LOG=$PROXY_LOG ${PROXY_CMD[*]}"
     if wants pkce-proxy-off; then echo "- pkce-proxy-off: ${OFF_CMD[*]} (no request is checked)"; fi
     if wants hyper-floor; then echo "- hyper-floor: $FLOOR_BIN (benches/tools/hyper_floor.rs: hyper and tokio alone, no PKCE)"; fi
@@ -397,8 +491,8 @@ REPORT=$WORKDIR/results.md
     echo
     python3 "$HERE/summarize.py" "$RESULTS"
     echo
-    echo "flow: flows/s = completed flows / duration; p50/p99 = whole flow, authorize sent to token 200."
-    echo "passthrough: GET $STATIC_PATH, req/s of 200s with the expected body; p50/p99 per request."
+    echo "$(label_of flow): flows/s = completed flows / duration; p50/p99 = whole flow, authorize sent to token 200."
+    echo "$(label_of passthrough): GET $STATIC_PATH, req/s of 200s with the expected body; p50/p99 per request."
     echo "CPU µs/op: user+system CPU of the target's own processes (pkce-proxy; the front nginx's master"
     echo "and workers; the pkce-proxy-off and hyper_floor processes; the upstream nginx for \"upstream\") during the run, per"
     echo "completed flow or request;"

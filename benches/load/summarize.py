@@ -97,7 +97,9 @@ def main():
         cpu_ratio = f"{c / cbase:.2f}×" if c is not None and cbase else "-"
         u, kern = split[(scenario, target)]
         split_text = f"{u:.1f} / {kern:.1f}" if u is not None and kern is not None else "-"
-        print(f"| {target} | {scenario} | {rate:,.0f} {unit.get(scenario, '/s')} | {per_round} "
+        # flow-https (LOAD_TLS=1) counts what flow does.
+        what = unit.get(scenario.removesuffix("-https"), "/s")
+        print(f"| {target} | {scenario} | {rate:,.0f} {what} | {per_round} "
               f"| {ms(p50)} | {ms(p99)} | {refused} | {sock} | {ratio} | {cpu_text} | {cpu_ratio} "
               f"| {split_text} |")
     reasons = sorted({f"{t} {s}: {k['reasons']}" for (s, t), kvs in groups.items()
