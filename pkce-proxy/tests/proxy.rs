@@ -1129,3 +1129,71 @@ async fn a_par_client_completes_flows_and_cannot_override_the_pushed_challenge()
         StatusCode::OK
     );
 }
+
+/// A redirect whose `Location` the layer rewrites loses its body, which is read to its end
+/// first: the upstream connection stays reusable (it was closed, one per flow, before).
+#[tokio::test]
+async fn a_rewritten_redirect_keeps_its_upstream_connection() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use axum::extract::RawQuery;
+    use axum::http::header::LOCATION;
+    use axum::serve::ListenerExt as _;
+
+    let router = axum::Router::new().route(
+        "/authorize",
+        axum::routing::get(|RawQuery(query): RawQuery| async move {
+            let query = query.unwrap_or_default();
+            let state = form_urlencoded::parse(query.as_bytes())
+                .find(|(name, _)| name == "state")
+                .map(|(_, value)| value.into_owned())
+                .unwrap_or_default();
+            let target = format!(
+                "{REDIRECT}?code=c{}&state={}",
+                rand::random::<u64>(),
+                support::urlencode(&state)
+            );
+            let page = format!("You are being redirected to {target}");
+            (StatusCode::FOUND, [(LOCATION, target)], page)
+        }),
+    );
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let listener = listener.tap_io(move |_| {
+        count.fetch_add(1, Ordering::SeqCst);
+    });
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let proxy = Proxy::start(upstream, &["--workers", "1"]).await;
+    let client = reqwest::Client::builder()
+        .redirect(Policy::none())
+        .build()
+        .unwrap();
+    for _ in 0..5 {
+        let pkce = Pkce::new();
+        let query = support::authorize_query(CLIENT, REDIRECT, Some("s"), Some(&pkce.challenge));
+        let res = client
+            .get(proxy.url(&format!("/authorize?{query}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::FOUND);
+        let location = res.headers()[reqwest::header::LOCATION]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(location.ends_with("&state=s"), "{location}");
+        assert_eq!(
+            res.text().await.unwrap(),
+            "",
+            "the body repeated the handle"
+        );
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "one upstream connection"
+    );
+}

@@ -46,6 +46,9 @@ fn is_html_page<B>(response: &Response<B>) -> bool {
             })
 }
 
+/// The most of a rewritten redirect's body that is read (and dropped) to free its connection.
+const REDIRECT_BODY_LIMIT: usize = 64 * 1024;
+
 /// Binds a code delivered by redirect, or releases the flow on an error, and puts the
 /// client's own state back; rewrites discovery documents.
 pub(crate) async fn finish_response<B>(
@@ -72,11 +75,16 @@ where
         Ok(true) => {
             // The body of a redirect may repeat its target, handle and all ("You are being
             // redirected", as Rails writes): the client never sees a handle, so it goes.
-            let headers = response.headers_mut();
-            headers.remove(header::CONTENT_TYPE);
-            headers.remove(header::CONTENT_ENCODING);
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
-            response.map(|_| PkceBody::full(Bytes::new()))
+            let (mut parts, body) = response.into_parts();
+            // Read to its end first: an upstream connection whose response is left unread
+            // cannot be reused (pkce-proxy opened one per flow: BENCHMARKS.md, issue 16).
+            let _ = Limited::new(body, REDIRECT_BODY_LIMIT).collect().await;
+            parts.headers.remove(header::CONTENT_TYPE);
+            parts.headers.remove(header::CONTENT_ENCODING);
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+            Response::from_parts(parts, PkceBody::full(Bytes::new()))
         }
         Err(reason) => respond(error::html(reason)),
     }
