@@ -392,12 +392,10 @@ impl Front {
             );
             return Ok(response.map(Either::Right));
         }
-        let endpoint = shared.endpoint(req.uri().path());
-        let oauth = endpoint != tower_pkce::Endpoint::Other;
         if req.headers().get_all(header::HOST).iter().nth(1).is_some() {
             // RFC 9112 §3.2: a request with more than one Host is answered 400.
             let response = shared.error_response(
-                oauth,
+                shared.is_oauth(req.uri().path()),
                 StatusCode::BAD_REQUEST,
                 "invalid_request",
                 "more than one Host header",
@@ -410,10 +408,15 @@ impl Front {
         // The current client policy (a reload swaps it), for this request.
         let mut pkce = Pkce::new(self.upstream, shared.current_layer());
         // `Upstream` is always ready; the contract is kept all the same.
-        let result = match std::future::poll_fn(|cx| pkce.poll_ready(cx)).await {
-            Ok(()) => pkce.call(req).await,
-            Err(e) => Err(e),
+        let (endpoint, result) = match std::future::poll_fn(|cx| pkce.poll_ready(cx)).await {
+            Ok(()) => {
+                // Classified once, by the layer: its endpoint labels this request's metrics.
+                let (endpoint, future) = pkce.call_classified(req);
+                (endpoint, future.await)
+            }
+            Err(e) => (shared.endpoint(req.uri().path()), Err(e)),
         };
+        let oauth = endpoint != tower_pkce::Endpoint::Other;
         let response = match result {
             Ok(mut response) => {
                 strip_hop_by_hop(response.headers_mut());

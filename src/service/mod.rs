@@ -170,16 +170,36 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let endpoint = classify(&self.layer.shared, req.uri().path());
-        self.call_for(req, endpoint)
+        self.call_classified(req).1
     }
 }
 
 impl<S> Pkce<S> {
-    /// [`Service::call`] for a request already classified, so a caller that needed the
-    /// endpoint itself (pkce-proxy, for its metrics) does not have it worked out twice.
-    /// `endpoint` must be `classify` of the request's path.
-    pub(crate) fn call_for<ReqBody, ResBody>(
+    /// [`Service::call`], and the endpoint the layer took the request for: a caller that
+    /// labels its own metrics by endpoint (pkce-proxy) need not classify the path again.
+    pub fn call_classified<ReqBody, ResBody>(
+        &mut self,
+        req: Request<ReqBody>,
+    ) -> (Endpoint, ResponseFuture<S::Future, ResBody, S::Error>)
+    where
+        S: Service<Request<PkceBody<ReqBody>>, Response = Response<ResBody>>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+        ReqBody: Body<Data = Bytes> + Send + 'static,
+        ReqBody::Error: Into<BoxError>,
+        ResBody: Body<Data = Bytes> + Send + 'static,
+        ResBody::Error: Into<BoxError>,
+    {
+        let endpoint = classify(&self.layer.shared, req.uri().path());
+        (endpoint, self.call_for(req, endpoint))
+    }
+
+    /// [`Service::call`] for a request already classified: `endpoint` must be `classify` of
+    /// the request's path.
+    fn call_for<ReqBody, ResBody>(
         &mut self,
         mut req: Request<ReqBody>,
         endpoint: Endpoint,
